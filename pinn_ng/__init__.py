@@ -1,0 +1,21 @@
+"""pinn-ng: energy natural gradient training of PINNs in JAX (Woodbury, SPRING, Nyström).
+
+Importing the package never changes JAX's global precision; call :func:`enable_x64` for the
+paper's float64 setting (the default dtype of every function here).
+"""
+
+from . import metrics, models, operators, problems
+from .precision import PrecisionError, enable_x64, x64_enabled
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PrecisionError",
+    "enable_x64",
+    "metrics",
+    "models",
+    "operators",
+    "problems",
+    "x64_enabled",
+    "__version__",
+]

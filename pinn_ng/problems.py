@@ -1,0 +1,375 @@
+"""The PDE problems of the paper, one registry: ``get(name)``, ``names()``.
+
+Every problem is a :class:`Problem`: domain, exact solution ``u*``, interior operator and
+source, boundary / initial samplers, the paper's network widths and batch sizes, and a fixed
+evaluation set.  Inputs of time-dependent problems are laid out as ``(x_1, ..., x_d, t)``, so
+``input_dim = d + 1``.  All boundary and initial conditions are Dirichlet data taken from the
+exact solution, ``u = u*`` there.  Facts (PDEs, solutions, nets, batch sizes) come from
+``shared/PAPER.md``; each factory cites its row.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from . import metrics
+from .models import n_params
+from .operators import partial_derivative, value_grad_laplacian
+from .precision import resolve_dtype
+
+#: Seed of every problem's evaluation set (independent of the data and model seeds of runs).
+EVAL_SEED = 20251128
+#: The evaluation set has ``EVAL_FACTOR * n_interior`` points (PAPER.md: "10·N_Ω points").
+EVAL_FACTOR = 10
+
+
+class Batch(NamedTuple):
+    """One batch of collocation points: ``interior`` (N_Ω, D) and ``boundary`` (N_∂Ω, D).
+
+    For time-dependent problems ``boundary`` holds the initial (t = 0) points and, for the heat
+    equation, spatial-boundary points too.  A NamedTuple, hence a JAX pytree.
+    """
+
+    interior: jax.Array
+    boundary: jax.Array
+
+    @property
+    def size(self) -> int:
+        return int(self.interior.shape[0] + self.boundary.shape[0])
+
+
+# ---------------------------------------------------------------------------------- samplers
+
+
+def _uniform(key, n, lo, hi, dtype):
+    return jax.random.uniform(key, (n, len(lo)), dtype=dtype, minval=jnp.asarray(lo, dtype),
+                              maxval=jnp.asarray(hi, dtype))
+
+
+def _cube_boundary(key, n, d, dtype):
+    """Points on the boundary of [0,1]^d: uniform point, one random face coordinate set to 0 or 1."""
+    k_pts, k_face, k_side = jax.random.split(key, 3)
+    x = jax.random.uniform(k_pts, (n, d), dtype=dtype)
+    face = jax.random.randint(k_face, (n,), 0, d)
+    side = jax.random.bernoulli(k_side, 0.5, (n,)).astype(dtype)
+    onehot = jax.nn.one_hot(face, d, dtype=bool)
+    return jnp.where(onehot, side[:, None], x)
+
+
+# ---------------------------------------------------------------------------------- Problem
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A PINN benchmark problem.  Build via :func:`get`; see the module docstring for layout."""
+
+    name: str
+    description: str
+    input_dim: int
+    widths: tuple
+    n_interior: int  # the paper's N_Ω
+    n_boundary: int  # the paper's N_∂Ω (boundary and/or initial points)
+    exact_fn: Callable = field(repr=False)
+    #: interior residual (L u)(x) - f(x) of a scalar function ``u`` at one point ``x``,
+    #: given the Laplacian method name.
+    interior_fn: Callable = field(repr=False)
+    sample_interior_fn: Callable = field(repr=False)
+    sample_boundary_fn: Callable = field(repr=False)
+    time_dependent: bool = False
+    #: the paper's logs divide the RMS error by this (the RMS of u* on the domain) for 10d/100d.
+    error_scale: float = 1.0
+    budget_seconds: float | None = None
+
+    # -- facts -------------------------------------------------------------------------------
+    @property
+    def n_params(self) -> int:
+        """P of the paper's net ``widths``."""
+        return n_params(self.widths)
+
+    @property
+    def spatial_dim(self) -> int:
+        return self.input_dim - 1 if self.time_dependent else self.input_dim
+
+    # -- checks ------------------------------------------------------------------------------
+    def _check_point(self, x) -> None:
+        if getattr(x, "shape", None) != (self.input_dim,):
+            raise ValueError(
+                f"{self.name}: expected one point of shape ({self.input_dim},), got "
+                f"{getattr(x, 'shape', type(x))}; vmap over points for batches"
+            )
+
+    def check_batch(self, batch: Batch) -> None:
+        """Raise ``ValueError`` unless ``batch`` is a :class:`Batch` of the right dimension."""
+        if not isinstance(batch, Batch):
+            raise TypeError(f"expected a pinn_ng.problems.Batch, got {type(batch).__name__}")
+        for part in ("interior", "boundary"):
+            pts = getattr(batch, part)
+            if pts.ndim != 2 or pts.shape[1] != self.input_dim:
+                raise ValueError(
+                    f"{self.name}: batch.{part} must have shape (n, {self.input_dim}), "
+                    f"got {pts.shape}"
+                )
+            if pts.shape[0] == 0:
+                raise ValueError(f"{self.name}: batch.{part} is empty")
+
+    # -- solution, data ----------------------------------------------------------------------
+    def exact(self, x):
+        """u*(x) at one point ``x`` of shape ``(input_dim,)``."""
+        self._check_point(x)
+        return self.exact_fn(x)
+
+    def sample(self, key, n_interior: int | None = None, n_boundary: int | None = None,
+               dtype=None) -> Batch:
+        """A fresh batch: ``n_interior`` interior and ``n_boundary`` boundary/initial points.
+
+        Defaults are the paper's batch sizes.  Interior points are uniform in the domain;
+        boundary points lie exactly on it (see each problem's description).
+        """
+        n_interior = self.n_interior if n_interior is None else n_interior
+        n_boundary = self.n_boundary if n_boundary is None else n_boundary
+        for label, n in (("n_interior", n_interior), ("n_boundary", n_boundary)):
+            if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+                raise ValueError(f"{self.name}: {label} must be a positive integer, got {n!r}")
+        dtype = resolve_dtype(dtype)
+        k_int, k_bnd = jax.random.split(key)
+        return Batch(
+            interior=self.sample_interior_fn(k_int, n_interior, dtype),
+            boundary=self.sample_boundary_fn(k_bnd, n_boundary, dtype),
+        )
+
+    def eval_points(self, dtype=None):
+        """The fixed evaluation set: ``10 * n_interior`` interior points from :data:`EVAL_SEED`."""
+        dtype = resolve_dtype(dtype)
+        key = jax.random.PRNGKey(EVAL_SEED)
+        return self.sample_interior_fn(key, EVAL_FACTOR * self.n_interior, dtype)
+
+    # -- residuals ---------------------------------------------------------------------------
+    def interior_residual(self, u: Callable, x, method: str = "folx"):
+        """Unscaled PDE residual (L u)(x) - f(x) at one point."""
+        return self.interior_fn(u, x, method)
+
+    def boundary_residual(self, u: Callable, x):
+        """Unscaled boundary / initial residual u(x) - u*(x) at one point."""
+        return u(x) - self.exact_fn(x)
+
+    def residuals(self, u: Callable, batch: Batch, method: str = "folx"):
+        """Residual vector r (N_Ω + N_∂Ω,) of any scalar function ``u(x)``; loss = ½‖r‖².
+
+        Interior rows are scaled by 1/√N_Ω and boundary rows by 1/√N_∂Ω (PAPER.md notation).
+        """
+        self.check_batch(batch)
+        n_i, n_b = batch.interior.shape[0], batch.boundary.shape[0]
+        r_i = jax.vmap(lambda x: self.interior_residual(u, x, method))(batch.interior)
+        r_b = jax.vmap(lambda x: self.boundary_residual(u, x))(batch.boundary)
+        return jnp.concatenate([r_i / math.sqrt(n_i), r_b / math.sqrt(n_b)])
+
+    def residual_fn(self, apply: Callable, method: str = "folx"):
+        """The fast residual function of the network ``apply(params, x)``.
+
+        Returns a :class:`pinn_ng.residuals.ResidualFn`: ``residual_fn(params, batch) -> r``
+        with ``.jacobian``, ``.jvp``, ``.vjp`` (per-point Jacobian, matrix-free products).
+        """
+        from .residuals import ResidualFn
+
+        return ResidualFn(self, apply, method=method)
+
+    # -- metrics -----------------------------------------------------------------------------
+    def errors(self, apply: Callable, params, points=None) -> dict:
+        """Errors of ``apply(params, .)`` on the evaluation set (or ``points``).
+
+        ``l2``: the paper's metric, RMS error divided by :attr:`error_scale` (1 except 10d and
+        100d Poisson, where the logs normalise by the RMS of u*); ``rms_l2``: the plain RMS
+        error; ``rel_l2``: ‖u_θ − u*‖ / ‖u*‖.
+        """
+        if points is None:
+            dtype = jax.tree_util.tree_leaves(params)[0].dtype
+            points = self.eval_points(dtype)
+        pred, exact = _predict_and_exact(apply, self.exact_fn, params, points)
+        rms = metrics.rms_l2(pred, exact)
+        return {
+            "l2": float(rms) / self.error_scale,
+            "rms_l2": float(rms),
+            "rel_l2": float(metrics.relative_l2(pred, exact)),
+        }
+
+
+def _predict_and_exact(apply, exact_fn, params, points):
+    pred = jax.vmap(lambda x: apply(params, x))(points)
+    exact = jax.vmap(exact_fn)(points)
+    return pred, exact
+
+
+# ---------------------------------------------------------------------------------- problems
+
+
+def _poisson(name, d, exact, source, widths, n_i, n_b, description, error_scale=1.0,
+             budget=None) -> Problem:
+    """−Δu = f on (0,1)^d, u = u* on the boundary."""
+
+    def interior(u, x, method):
+        _, _, lap = value_grad_laplacian(u, method=method)(x)
+        return -lap - source(x)
+
+    return Problem(
+        name=name, description=description, input_dim=d, widths=tuple(widths),
+        n_interior=n_i, n_boundary=n_b, exact_fn=exact, interior_fn=interior,
+        sample_interior_fn=lambda k, n, dt: _uniform(k, n, [0.0] * d, [1.0] * d, dt),
+        sample_boundary_fn=lambda k, n, dt: _cube_boundary(k, n, d, dt),
+        error_scale=error_scale, budget_seconds=budget,
+    )
+
+
+def poisson_sin(d: int = 2) -> Problem:
+    """u* = Π sin(π x_i), −Δu = dπ² u*: the quick 2d problem of the ENGD and KFAC papers.
+
+    Net (2-32-32-1) and batch (900 interior / 120 boundary) are small choices of ours.
+    """
+    return _poisson(
+        f"poisson{d}d" if d != 2 else "poisson2d", d,
+        exact=lambda x: jnp.prod(jnp.sin(jnp.pi * x)),
+        source=lambda x: d * jnp.pi**2 * jnp.prod(jnp.sin(jnp.pi * x)),
+        widths=(d, 32, 32, 1), n_i=900, n_b=120,
+        description=f"Poisson {d}d, u* = prod sin(pi x_i) on [0,1]^{d}",
+    )
+
+
+def poisson_cos(d: int = 5) -> Problem:
+    """PAPER.md row "Poisson 5d": −Δu = π² Σcos(πx_i), u* = Σcos(πx_i), net 5-64-64-48-48-1."""
+    return _poisson(
+        f"poisson{d}d", d,
+        exact=lambda x: jnp.sum(jnp.cos(jnp.pi * x)),
+        source=lambda x: jnp.pi**2 * jnp.sum(jnp.cos(jnp.pi * x)),
+        widths=(d, 64, 64, 48, 48, 1), n_i=3000, n_b=500, budget=7000.0,
+        description=f"Poisson {d}d, u* = sum cos(pi x_i) on [0,1]^{d}",
+    )
+
+
+def poisson_harmonic(d: int = 10) -> Problem:
+    """PAPER.md row "Poisson 10d": −Δu = 0, u* = Σ_{i≤d/2} x_{2i−1} x_{2i}, net 10-256-256-128-128-1.
+
+    Batch 3000 / 500 (the logs; the paper's text says 1000 boundary points).  The logs divide
+    the RMS error by 1.34, the RMS of u* on [0,1]^10.
+    """
+    if d % 2:
+        raise ValueError("poisson_harmonic needs an even dimension")
+    return _poisson(
+        f"poisson{d}d", d,
+        exact=lambda x: jnp.sum(x[0::2] * x[1::2]),
+        source=lambda x: jnp.zeros((), x.dtype),
+        widths=(d, 256, 256, 128, 128, 1), n_i=3000, n_b=500, error_scale=1.34, budget=7000.0,
+        description=f"Poisson {d}d, u* = sum x_(2i-1) x_(2i) (harmonic) on [0,1]^{d}",
+    )
+
+
+def poisson_square(d: int = 100) -> Problem:
+    """PAPER.md row "Poisson 100d": −Δu = −2d, u* = ‖x‖², net 100-768-768-512-512-1.
+
+    Batch 100 / 50 (from the logs); the logs divide the RMS error by 33.47, the RMS of u*.
+    """
+    return _poisson(
+        f"poisson{d}d", d,
+        exact=lambda x: jnp.sum(x**2),
+        source=lambda x: jnp.asarray(-2.0 * d, x.dtype),
+        widths=(d, 768, 768, 512, 512, 1), n_i=100, n_b=50, error_scale=33.47, budget=10000.0,
+        description=f"Poisson {d}d, u* = ||x||^2 on [0,1]^{d}",
+    )
+
+
+def heat(d: int = 4) -> Problem:
+    """PAPER.md row "Heat 4+1d": ∂_t u − ¼Δ_x u = 0 on [0,1]^d × [0,1], u* = e^{−t} Σ sin(2x_i).
+
+    Net 5-256-256-128-128-1, batch 3000 interior / 250 initial + 250 spatial-boundary points:
+    the first half (rounded down) of ``boundary`` is initial (t = 0), the rest on the cube's
+    boundary at uniform times.
+    """
+    spatial = list(range(d))
+
+    def exact(x):
+        return jnp.exp(-x[d]) * jnp.sum(jnp.sin(2.0 * x[:d]))
+
+    def interior(u, x, method):
+        _, _, lap = value_grad_laplacian(u, dims=spatial, method=method)(x)
+        u_t = partial_derivative(u, d)(x)
+        return u_t - 0.25 * lap
+
+    def sample_boundary(key, n, dtype):
+        k_init, k_side, k_t = jax.random.split(key, 3)
+        n_init = n // 2
+        init_x = jax.random.uniform(k_init, (n_init, d), dtype=dtype)
+        init = jnp.concatenate([init_x, jnp.zeros((n_init, 1), dtype)], axis=1)
+        side_x = _cube_boundary(k_side, n - n_init, d, dtype)
+        side_t = jax.random.uniform(k_t, (n - n_init, 1), dtype=dtype)
+        return jnp.concatenate([init, jnp.concatenate([side_x, side_t], axis=1)], axis=0)
+
+    return Problem(
+        name=f"heat{d}d", description=f"heat {d}+1d, u* = exp(-t) sum sin(2 x_i)",
+        input_dim=d + 1, widths=(d + 1, 256, 256, 128, 128, 1), n_interior=3000,
+        n_boundary=500, exact_fn=exact, interior_fn=interior,
+        sample_interior_fn=lambda k, n, dt: _uniform(k, n, [0.0] * (d + 1), [1.0] * (d + 1), dt),
+        sample_boundary_fn=sample_boundary, time_dependent=True, budget_seconds=3000.0,
+    )
+
+
+def log_fokker_planck(d: int = 9, half_width: float = 5.0) -> Problem:
+    """PAPER.md row "log-Fokker–Planck 9+1d" on [−5,5]^d × [0,1].
+
+    q = log p for p solving the Fokker–Planck equation with drift −x/2 and diffusion √2·I; in
+    log space  ∂_t q = d/2 + ½ x·∇q + Δq + ‖∇q‖²  (nonlinear), with exact solution
+    q* = log N(x; 0, (2 − e^{−t}) I) and initial condition q(·, 0) = log N(0, I).  Net
+    10-256-256-128-128-1, batch 3000 interior / 1000 initial points.
+    """
+    spatial = list(range(d))
+    lo, hi = [-half_width] * d, [half_width] * d
+
+    def exact(x):
+        s = 2.0 - jnp.exp(-x[d])
+        return -0.5 * d * jnp.log(2.0 * jnp.pi * s) - jnp.sum(x[:d] ** 2) / (2.0 * s)
+
+    def interior(u, x, method):
+        _, grad_x, lap = value_grad_laplacian(u, dims=spatial, method=method)(x)
+        q_t = partial_derivative(u, d)(x)
+        return q_t - 0.5 * d - 0.5 * jnp.dot(x[:d], grad_x) - lap - jnp.sum(grad_x**2)
+
+    def sample_interior(key, n, dtype):
+        return _uniform(key, n, lo + [0.0], hi + [1.0], dtype)
+
+    def sample_initial(key, n, dtype):
+        x = _uniform(key, n, lo, hi, dtype)
+        return jnp.concatenate([x, jnp.zeros((n, 1), dtype)], axis=1)
+
+    return Problem(
+        name=f"logfp{d}d", description=f"log-Fokker-Planck {d}+1d on [-{half_width},{half_width}]^{d}",
+        input_dim=d + 1, widths=(d + 1, 256, 256, 128, 128, 1), n_interior=3000,
+        n_boundary=1000, exact_fn=exact, interior_fn=interior,
+        sample_interior_fn=sample_interior, sample_boundary_fn=sample_initial,
+        time_dependent=True, budget_seconds=6000.0,
+    )
+
+
+_REGISTRY: dict[str, Callable[[], Problem]] = {
+    "poisson2d": lambda: poisson_sin(2),
+    "poisson5d": lambda: poisson_cos(5),
+    "poisson10d": lambda: poisson_harmonic(10),
+    "poisson100d": lambda: poisson_square(100),
+    "heat4d": lambda: heat(4),
+    "logfp9d": lambda: log_fokker_planck(9),
+}
+
+
+def names() -> list[str]:
+    """Names accepted by :func:`get`."""
+    return list(_REGISTRY)
+
+
+def get(name: str) -> Problem:
+    """The problem called ``name``; an unknown name raises ``KeyError`` listing the valid ones."""
+    try:
+        factory = _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise KeyError(f"unknown problem {name!r}; valid problems: {names()}") from None
+    return factory()

@@ -4,7 +4,7 @@ Importing the package never changes JAX's global precision; call :func:`enable_x
 paper's float64 setting (the default dtype of every function here).
 """
 
-from . import metrics, models, operators, problems
+from . import metrics, models, operators, optim, problems
 from .precision import PrecisionError, enable_x64, x64_enabled
 
 __version__ = "0.1.0"
@@ -15,6 +15,7 @@ __all__ = [
     "metrics",
     "models",
     "operators",
+    "optim",
     "problems",
     "x64_enabled",
     "__version__",

@@ -1,9 +1,23 @@
-"""Command line interface: ``pinn-ng problems`` (and run / gather / figures, see the pipeline)."""
+"""Command line interface of pinn-ng.
+
+``pinn-ng problems``       list the PDE problems and their paper settings
+``pinn-ng optimizers``     list the optimizers
+``pinn-ng run``            train once and write one run record (curve.csv + meta.json, atomically)
+``pinn-ng gather``         run records -> results/curves.csv, summary.csv, experiments.csv
+``pinn-ng figures``        tables -> figures/*.png (byte-identical from the same tables)
+``pinn-ng nystrom-table``  standard vs GPU-efficient Nyström timing and memory (appendix B)
+``pinn-ng plan``           validate a pipeline preset and list its runs and figures
+
+The Snakefile drives run / gather / figures / nystrom-table; each also works by hand.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import signal
 import sys
+from pathlib import Path
 
 
 def _cmd_problems(args) -> int:
@@ -16,11 +30,199 @@ def _cmd_problems(args) -> int:
     return 0
 
 
+def _cmd_optimizers(args) -> int:
+    from . import optim
+
+    for name in optim.names():
+        print(name)
+    return 0
+
+
+def _parse_value(text: str):
+    """``1e-7`` -> float, ``true`` -> bool, ``line_search`` -> str (YAML scalars, plus 1e-7)."""
+    import yaml
+
+    from .pipeline.config import coerce
+
+    return coerce(yaml.safe_load(text))
+
+
+def _load_spec(text: str | None) -> dict:
+    if not text:
+        return {}
+    if text.startswith("@"):
+        text = Path(text[1:]).read_text()
+    spec = json.loads(text)
+    if not isinstance(spec, dict):
+        raise SystemExit("--spec must be a JSON object")
+    return spec
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _cmd_run(args) -> int:
+    from .pipeline import runner
+
+    spec = _load_spec(args.spec)
+    flags = {"problem": args.problem, "optimizer": args.optimizer, "label": args.label,
+             "n_interior": args.n_interior, "n_boundary": args.n_boundary,
+             "max_steps": args.max_steps, "max_seconds": args.max_seconds,
+             "eval_every": args.eval_every, "data_seed": args.data_seed,
+             "model_seed": args.model_seed, "dtype": args.dtype}
+    if args.widths:
+        flags["widths"] = [int(w) for w in args.widths.split(",")]
+    spec.update({k: v for k, v in flags.items() if v is not None})
+    if args.hparam:
+        hp = dict(spec.get("hparams") or {})
+        for item in args.hparam:
+            if "=" not in item:
+                raise SystemExit(f"--hparam expects key=value, got {item!r}")
+            key, value = item.split("=", 1)
+            hp[key] = _parse_value(value)
+        spec["hparams"] = hp
+    # Snakemake (and SLURM) stop jobs with SIGTERM: turn it into KeyboardInterrupt so that
+    # nothing half-written survives (records are only written after training anyway).
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    progress = False if args.no_progress else None
+    try:
+        meta = runner.run(spec, args.out, progress=progress)
+    except KeyboardInterrupt:
+        print(f"[pinn-ng] interrupted: no record written to {args.out}", file=sys.stderr)
+        return 130
+    status = "DIVERGED: " + meta["reason"] if meta["diverged"] else "finished"
+    print(f"[pinn-ng] {meta['run_id']}: {status}; {meta['steps']} steps in "
+          f"{meta['seconds']:.2f} s, final L2 {meta['final']['l2']:.3e}", file=sys.stderr)
+    return 0
+
+
+def _cmd_gather(args) -> int:
+    from .pipeline import gather
+
+    manifest = json.loads(Path(args.manifest).read_text()) if args.manifest else None
+    out = gather.gather(args.runs_dir, args.out_dir, manifest)
+    print(json.dumps(out))
+    return 0
+
+
+def _cmd_figures(args) -> int:
+    from .pipeline import figures
+
+    names = args.figure or figures.available(figures.load(args.results))
+    out_dir = Path(args.out_dir)
+    for name in names:
+        path = Path(args.out) if args.out and len(names) == 1 else out_dir / f"{name}.png"
+        figures.draw(args.results, name, path, dpi=args.dpi)
+        print(path)
+    return 0
+
+
+def _cmd_nystrom_table(args) -> int:
+    from .pipeline import nystrom_table, records
+
+    spec = _load_spec(args.spec)
+    spec.setdefault("problem", args.problem)
+    spec.setdefault("n", args.n)
+    spec.setdefault("fractions", args.fractions)
+    spec.setdefault("damping", args.damping)
+    spec.setdefault("repeats", args.repeats)
+    log = lambda msg: print(f"[pinn-ng] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    rows = nystrom_table.table(spec["problem"], spec["n"], spec["fractions"], spec["damping"],
+                               widths=spec.get("widths"), repeats=spec["repeats"],
+                               dtype=args.dtype, log=log)
+    records.atomic_write_text(args.out_csv, records.rows_to_csv(rows, nystrom_table.COLUMNS))
+    if args.out_md:
+        records.atomic_write_text(args.out_md, nystrom_table.markdown(rows))
+    return 0
+
+
+def _cmd_plan(args) -> int:
+    from .pipeline import config as pcfg
+
+    cfg = pcfg.load_yaml(args.configfile[0])
+    for extra in args.configfile[1:]:
+        cfg = pcfg.merge(cfg, pcfg.load_yaml(extra))
+    for item in args.config or []:
+        key, value = item.split("=", 1)
+        cfg[key] = _parse_value(value)
+    try:
+        plan = pcfg.plan(cfg, args.schema)
+    except pcfg.ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    for rid, spec in plan.runs.items():
+        budget = f"steps={spec['max_steps']} seconds={spec['max_seconds']}"
+        print(f"{rid}  {budget}")
+    print(f"{len(plan.runs)} runs; figures: {plan.figures}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pinn-ng", description=__doc__)
+    parser = argparse.ArgumentParser(prog="pinn-ng", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+
     sp = sub.add_parser("problems", help="list the PDE problems and their paper settings")
     sp.set_defaults(func=_cmd_problems)
+    sp = sub.add_parser("optimizers", help="list the optimizers")
+    sp.set_defaults(func=_cmd_optimizers)
+
+    sp = sub.add_parser("run", help="train once and write one run record",
+                        description="Train once and write <out>/curve.csv and <out>/meta.json "
+                        "atomically (meta.json last). Flags override --spec.")
+    sp.add_argument("--spec", help="run specification as JSON, or @file.json "
+                    "(keys: see pinn_ng.pipeline.runner.SPEC_DEFAULTS)")
+    sp.add_argument("--problem", help="problem name (pinn-ng problems)")
+    sp.add_argument("--optimizer", help="optimizer name (pinn-ng optimizers)")
+    sp.add_argument("--label", help="name of this configuration in tables (default: optimizer)")
+    sp.add_argument("--hparam", action="append", metavar="KEY=VALUE",
+                    help="optimizer hyper-parameter, repeatable (e.g. damping=1e-7)")
+    sp.add_argument("--widths", help="net layer sizes, e.g. 5,64,64,48,48,1 (default: paper's)")
+    sp.add_argument("--n-interior", type=int, help="N_Ω per step (default: paper's)")
+    sp.add_argument("--n-boundary", type=int, help="N_∂Ω per step (default: paper's)")
+    sp.add_argument("--max-steps", type=int, help="step budget")
+    sp.add_argument("--max-seconds", type=float, help="budget in timed seconds")
+    sp.add_argument("--eval-every", type=int, help="evaluate every k steps (default 10)")
+    sp.add_argument("--data-seed", type=int, help="batch seed (default 0)")
+    sp.add_argument("--model-seed", type=int, help="initialisation seed (default 1)")
+    sp.add_argument("--dtype", choices=["float64", "float32"], help="default float64")
+    sp.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    sp.add_argument("--out", required=True, help="run record directory")
+    sp.set_defaults(func=_cmd_run)
+
+    sp = sub.add_parser("gather", help="run records -> tidy tables")
+    sp.add_argument("--runs-dir", default="results/runs")
+    sp.add_argument("--manifest", help="JSON {experiments: {name: [run ids]}} (default: all "
+                    "complete records, as experiment 'all')")
+    sp.add_argument("--out-dir", default="results")
+    sp.set_defaults(func=_cmd_gather)
+
+    sp = sub.add_parser("figures", help="tables -> figures")
+    sp.add_argument("--results", default="results", help="directory of the gathered tables")
+    sp.add_argument("--figure", action="append", help="figure name (default: all available)")
+    sp.add_argument("--out", help="output file (one figure only)")
+    sp.add_argument("--out-dir", default="figures")
+    sp.add_argument("--dpi", type=int, default=110)
+    sp.set_defaults(func=_cmd_figures)
+
+    sp = sub.add_parser("nystrom-table", help="standard vs GPU-efficient Nyström (appendix B)")
+    sp.add_argument("--spec", help="JSON with problem, n, fractions, damping, repeats, widths")
+    sp.add_argument("--problem", default="poisson5d")
+    sp.add_argument("--n", type=int, nargs="+", default=[5000], help="paper: 5000")
+    sp.add_argument("--fractions", type=float, nargs="+", default=[0.2, 0.4, 0.6, 0.8])
+    sp.add_argument("--damping", type=float, default=1e-7, help="λ (paper: 1e-7)")
+    sp.add_argument("--repeats", type=int, default=5)
+    sp.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    sp.add_argument("--out-csv", required=True)
+    sp.add_argument("--out-md")
+    sp.set_defaults(func=_cmd_nystrom_table)
+
+    sp = sub.add_parser("plan", help="validate a preset; list runs and figures")
+    sp.add_argument("configfile", nargs="+", help="config/default.yaml [override.yaml ...]")
+    sp.add_argument("--config", nargs="*", metavar="KEY=VALUE", help="top-level overrides")
+    sp.add_argument("--schema", help="default: config/schema.yaml of this source tree")
+    sp.set_defaults(func=_cmd_plan)
     return parser
 
 

@@ -1,0 +1,311 @@
+"""Pipeline presets: validate a merged config and expand it into runs, tables and figures.
+
+A preset is data (``config/*.yaml``).  Snakemake merges ``config/default.yaml`` with any
+``--configfile`` (dictionaries merge key by key, lists are replaced) and ``--config key=value``;
+:func:`plan` then checks the result against ``config/schema.yaml`` and a few rules the schema
+cannot express (labels that exist, nets that fit the problem), and expands the experiments
+into one run specification per run.  All of it happens when the Snakefile is parsed, so a bad
+value stops the pipeline before any run starts, with the key and the allowed values.
+
+Experiments (each feeds one figure family, see the README):
+
+- ``convergence``: problems × optimizers at the problem's batch and net -> ``convergence_<problem>``;
+- ``scaling``: N swept over ``batches`` at the first net, P over ``nets`` at the first batch
+  -> ``speedup`` (seconds per step, log-log);
+- ``nystrom``: like ``scaling`` over ``batches`` -> ``nystrom_<problem>``;
+- ``effective_dimension``: ENGD-W / SPRING runs with ``track_effective_dimension`` switched on
+  -> ``effective_dimension``.
+
+Identical runs requested by several experiments are run once: a run's id is derived from its
+full specification.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+#: Figure families and the experiment that feeds each.
+EXPERIMENTS = ("convergence", "scaling", "nystrom", "effective_dimension")
+#: Optimizers whose diagnostics can report the effective dimension.
+D_EFF_OPTIMIZERS = ("engd_woodbury", "spring")
+
+_INT = re.compile(r"^[+-]?\d+$")
+_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+class ConfigError(ValueError):
+    """A preset value is invalid; the message names the key and the allowed values."""
+
+
+def default_schema_path() -> Path:
+    """``config/schema.yaml`` of the source tree this package lives in."""
+    return Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
+
+
+def load_yaml(path) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f) or {}
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Snakemake's merge: dictionaries key by key (recursively), everything else replaced."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def coerce(value):
+    """Turn strings that spell numbers, booleans or null into those values, recursively.
+
+    PyYAML reads ``1e-7`` (no dot) as a string, and Snakemake's ``--config key=[..]`` parses
+    nested values as strings; both mean numbers.  Keys are left alone.
+    """
+    if isinstance(value, dict):
+        return {k: coerce(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [coerce(v) for v in value]
+    if isinstance(value, str):
+        s = value.strip()
+        if _INT.match(s):
+            return int(s)
+        if _FLOAT.match(s):
+            return float(s)
+        if s in ("true", "True"):
+            return True
+        if s in ("false", "False"):
+            return False
+        if s in ("null", "None", "~"):
+            return None
+    return value
+
+
+def _key_path(path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top level>"
+
+
+def _allowed_keys(schema: dict, error) -> list[str]:
+    props = error.schema.get("properties") if isinstance(error.schema, dict) else None
+    return sorted(props) if props else []
+
+
+def validate(config: dict, schema: dict) -> None:
+    """Check ``config`` against the JSON ``schema``; raise :class:`ConfigError` listing problems."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if not errors:
+        return
+    lines = []
+    for err in errors[:12]:
+        where = _key_path(err.absolute_path)
+        msg = err.message
+        if err.validator == "additionalProperties":
+            allowed = _allowed_keys(schema, err)
+            if allowed:
+                msg += f"; allowed keys: {allowed}"
+        elif err.validator == "propertyNames":
+            sub = err.schema.get("propertyNames", {}) if isinstance(err.schema, dict) else {}
+            ref = sub.get("$ref", "")
+            enum = schema.get("$defs", {}).get(ref.rsplit("/", 1)[-1], {}).get("enum") or sub.get(
+                "enum")
+            if enum:
+                msg += f"; allowed: {enum}"
+        elif err.validator == "oneOf" and err.context:
+            best = min(err.context, key=lambda e: len(e.message))
+            msg = f"{err.instance!r} is not valid: {best.message}"
+        lines.append(f"  config key {where}: {msg}")
+    more = f"\n  … and {len(errors) - 12} more" if len(errors) > 12 else ""
+    raise ConfigError("invalid pipeline preset:\n" + "\n".join(lines) + more)
+
+
+def n_params(widths) -> int:
+    return sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
+
+
+def run_id(spec: dict) -> str:
+    """Readable and unique: problem, label, batch, P, replicate, and a hash of the whole spec."""
+    digest = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
+    return (f"{spec['problem']}_{spec['label']}_N{spec['n_interior']}-{spec['n_boundary']}"
+            f"_P{n_params(spec['widths'])}_r{spec['replicate']}_{digest}")
+
+
+@dataclass
+class Plan:
+    """A validated preset, expanded: every run's specification and every target."""
+
+    config: dict
+    runs: dict = field(default_factory=dict)  # run id -> spec
+    experiments: dict = field(default_factory=dict)  # experiment -> [run ids]
+    figures: list = field(default_factory=list)  # figure names (no extension)
+
+    @property
+    def results_dir(self) -> str:
+        return self.config.get("results_dir", "results")
+
+    @property
+    def figures_dir(self) -> str:
+        return self.config.get("figures_dir", "figures")
+
+    @property
+    def nystrom_table(self) -> dict | None:
+        return self.config.get("nystrom_table")
+
+    def manifest(self) -> dict:
+        """What ``pinn-ng gather`` needs to know: which runs belong to which experiment."""
+        return {"experiments": self.experiments,
+                "display": {s["label"]: s["display"] for s in self.runs.values()}}
+
+    def run_threads(self, cores: int) -> int:
+        n = int(self.config.get("run_threads", 0) or 0)
+        return max(1, min(n, cores)) if n else max(1, cores)
+
+
+def _problem_settings(config: dict, name: str):
+    from .. import problems
+
+    problem = problems.get(name)
+    own = (config.get("problems") or {}).get(name) or {}
+    widths = own.get("widths") or list(problem.widths)
+    batch = own.get("batch") or [problem.n_interior, problem.n_boundary]
+    return problem, list(widths), list(batch)
+
+
+def _check_widths(problem, widths, where: str) -> None:
+    if widths[0] != problem.input_dim or widths[-1] != 1:
+        raise ConfigError(
+            f"invalid pipeline preset:\n  config key {where}: {widths} does not fit "
+            f"{problem.name}: the first width must be its input dimension {problem.input_dim} "
+            f"and the last 1")
+
+
+def _hparams(opt: dict, problem: str, n: int) -> dict:
+    hp = dict(opt.get("hparams") or {})
+    hp.update((opt.get("per_problem") or {}).get(problem) or {})
+    return hp
+
+
+def plan(config: dict, schema_path=None, check_optimizers: bool = True) -> Plan:
+    """Validate ``config`` and expand it; see the module docstring.
+
+    ``check_optimizers``: also build every optimizer with its hyper-parameters (cheap, no
+    compilation), so that a bad hyper-parameter fails here rather than in a run.
+    """
+    config = coerce(copy.deepcopy(dict(config)))
+    schema = load_yaml(schema_path or default_schema_path())
+    validate(config, schema)
+
+    optimizers = config["optimizers"]
+    out = Plan(config)
+    scale = float(config.get("budget_scale", 1.0))
+    for exp_name, exp in (config.get("experiments") or {}).items():
+        ids = []
+        for i, label in enumerate(exp["optimizers"]):
+            if label not in optimizers:
+                raise ConfigError(
+                    f"invalid pipeline preset:\n  config key experiments.{exp_name}.optimizers"
+                    f"[{i}]: {label!r} is not a defined optimizer label; defined under "
+                    f"`optimizers`: {sorted(optimizers)}")
+            if exp_name == "effective_dimension" and \
+                    optimizers[label]["optimizer"] not in D_EFF_OPTIMIZERS:
+                raise ConfigError(
+                    f"invalid pipeline preset:\n  config key experiments.effective_dimension."
+                    f"optimizers[{i}]: {label!r} ({optimizers[label]['optimizer']}) cannot "
+                    f"report the effective dimension; allowed optimizers: {D_EFF_OPTIMIZERS}")
+        budget = exp["budget"]
+        steps, seconds = budget.get("steps"), budget.get("seconds")
+        if steps is None and seconds is None:
+            raise ConfigError(f"invalid pipeline preset:\n  config key experiments.{exp_name}"
+                              ".budget: give steps and/or seconds")
+        if seconds is not None:
+            seconds = float(seconds) * scale
+        for pname in exp["problems"]:
+            problem, widths, batch = _problem_settings(config, pname)
+            _check_widths(problem, widths, f"problems.{pname}.widths")
+            batches = exp.get("batches") or [batch]
+            nets = [n or widths for n in (exp.get("nets") or [widths])]
+            for j, net in enumerate(nets):
+                _check_widths(problem, net, f"experiments.{exp_name}.nets[{j}]")
+            # N sweep at the first net, P sweep at the first batch (not the full product).
+            combos = [(b, nets[0]) for b in batches] + [(batches[0], n) for n in nets[1:]]
+            for label in exp["optimizers"]:
+                opt = optimizers[label]
+                for (n_i, n_b), net in combos:
+                    hp = _hparams(opt, pname, n_i + n_b)
+                    if exp_name == "effective_dimension":
+                        hp["track_effective_dimension"] = True
+                    for rep in range(int(config["replicates"])):
+                        spec = {
+                            "problem": pname, "label": label,
+                            "display": opt.get("display", label),
+                            "optimizer": opt["optimizer"], "hparams": hp,
+                            "widths": list(net), "n_interior": int(n_i),
+                            "n_boundary": int(n_b), "replicate": rep,
+                            "data_seed": int(config["data_seed"]) + rep,
+                            "model_seed": int(config["model_seed"]) + rep,
+                            "max_steps": steps, "max_seconds": seconds,
+                            "eval_every": int(config["eval_every"]), "dtype": config["dtype"],
+                            "stop_on_factorisation_failure": bool(
+                                config.get("stop_on_factorisation_failure", True)),
+                        }
+                        rid = run_id(spec)
+                        out.runs[rid] = spec
+                        if rid not in ids:
+                            ids.append(rid)
+        out.experiments[exp_name] = ids
+
+    exps = config.get("experiments") or {}
+    if out.experiments.get("scaling"):
+        out.figures.append("speedup")
+    for kind in ("convergence", "nystrom"):
+        if out.experiments.get(kind):
+            out.figures += [f"{kind}_{p}" for p in exps[kind]["problems"]]
+    if out.experiments.get("effective_dimension"):
+        out.figures.append("effective_dimension")
+    if check_optimizers:
+        check_hyperparameters(out)
+    return out
+
+
+def check_hyperparameters(p: Plan) -> None:
+    """Build every (optimizer, hyper-parameters) pair once; raise :class:`ConfigError` on failure."""
+    from .. import models, optim, problems
+
+    seen = set()
+    for spec in p.runs.values():
+        key = (spec["problem"], spec["optimizer"], json.dumps(spec["hparams"], sort_keys=True))
+        if key in seen:
+            continue
+        seen.add(key)
+        problem = problems.get(spec["problem"])
+        residual_fn = problem.residual_fn(models.mlp(spec["widths"], dtype="float32").apply)
+        try:
+            optim.make(spec["optimizer"], residual_fn, **spec["hparams"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ConfigError(
+                f"invalid pipeline preset:\n  config key optimizers.{spec['label']}.hparams "
+                f"(on {spec['problem']}): {spec['optimizer']} rejects {spec['hparams']}: "
+                f"{err}") from None
+
+
+def budget_minutes(spec: dict) -> int:
+    """A generous SLURM time limit for one run: budget + compilation and evaluation slack."""
+    seconds = spec.get("max_seconds")
+    if seconds is None:
+        return 60
+    return int(math.ceil(seconds * 1.5 / 60.0)) + 15

@@ -1,0 +1,150 @@
+"""Run records: ``<run dir>/curve.csv`` + ``<run dir>/meta.json``, written atomically.
+
+A record is complete once ``meta.json`` exists: it is written last, and every file is first
+written to a temporary file in the same directory and then moved into place with
+``os.replace`` (atomic on POSIX within one file system).  A crash or Ctrl-C therefore leaves
+either the previous complete record or no ``meta.json`` at all, and ``pinn-ng gather`` (and
+Snakemake, whose run rule declares both files) never sees a half-written record.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+CURVE = "curve.csv"
+META = "meta.json"
+#: Packages whose versions every record lists.
+PACKAGES = ("pinn-ng", "jax", "jaxlib", "optax", "folx", "numpy", "pandas")
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_bytes_via(path, write) -> None:
+    """``write(tmp_path)`` then ``os.replace`` into ``path`` (for writers that want a path)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else repr(v)  # repr: shortest exact round-trip
+    return str(v)
+
+
+def rows_to_csv(rows: list, columns: list) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    for row in rows:
+        w.writerow([_fmt(row.get(c)) for c in columns])
+    return buf.getvalue()
+
+
+def write_record(run_dir, rows: list, columns: list, meta: dict) -> None:
+    """Write one complete run record; ``meta.json`` (the "done" marker) last."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:  # an older record of the same run stops counting as complete before we touch it
+        os.unlink(run_dir / META)
+    except FileNotFoundError:
+        pass
+    atomic_write_text(run_dir / CURVE, rows_to_csv(rows, columns))
+    atomic_write_text(run_dir / META, json.dumps(meta, indent=2, sort_keys=True, default=str)
+                      + "\n")
+
+
+def is_complete(run_dir) -> bool:
+    run_dir = Path(run_dir)
+    return (run_dir / META).is_file() and (run_dir / CURVE).is_file()
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for pkg in PACKAGES:
+        try:
+            out[pkg] = importlib_metadata.version(pkg)
+        except importlib_metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def device_info() -> dict:
+    import jax
+
+    dev = jax.devices()[0]
+    return {
+        "backend": jax.default_backend(),
+        "device_kind": getattr(dev, "device_kind", str(dev)),
+        "device_count": jax.device_count(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "hostname": platform.node(),
+    }
+
+
+def git_info() -> dict:
+    """Commit and dirtiness of the source tree the package was imported from (None outside git)."""
+    src = Path(__file__).resolve().parents[2]
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True,
+                              timeout=10)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return {"commit": None, "dirty": None}
+        status = git("status", "--porcelain", "--untracked-files=no")
+        return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def command_line() -> list:
+    return list(sys.argv)

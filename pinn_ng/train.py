@@ -1,0 +1,228 @@
+"""One training loop for every optimizer: fresh batch per step, budget, honest timings.
+
+:func:`train` runs any ``optax.GradientTransformationExtraArgs`` built by
+:func:`pinn_ng.optim.make` (or any optax transformation that accepts ``batch=`` as an extra
+argument) on a :class:`pinn_ng.problems.Problem`:
+
+- **Data.** Step ``k`` (0-based) trains on a fresh batch drawn from
+  ``fold_in(PRNGKey(data_seed), k)``: the same seed gives the same batches, whatever the
+  optimizer, and no batch depends on how many steps came before.  Parameters come from
+  ``PRNGKey(model_seed)``.  PAPER.md: data seed 0, model seed 1 in the reference runs.
+- **Budget.** ``max_steps`` and/or ``max_seconds`` of *timed* time; the run stops at whichever
+  comes first (the paper gives every optimizer the same wall-clock budget).
+- **Timings.** The whole step (sampling, optimizer update, parameter update) is one jitted
+  function, compiled ahead of time (``jit(...).lower(...).compile()``) before the clock starts,
+  so compilation is never timed.  Each step is timed up to ``jax.block_until_ready`` of its
+  outputs, because JAX dispatches asynchronously and returns before the work is done.
+- **Evaluation** (``problem.errors``, the paper's RMS L2 on its fixed evaluation set) every
+  ``eval_every`` steps and at the end, outside the timed region.
+- **Divergence.** A non-finite loss, non-finite parameters, or a failed factorisation flagged
+  by the optimizer's diagnostics (``factorisation_failed``) ends the run early; the result says
+  ``diverged=True`` and why.
+
+The loop knows nothing about particular optimizers beyond ``pinn_ng.optim.uses_grads`` (does
+the update read the gradient?) and ``pinn_ng.optim.diagnostics`` (loss, step size, …).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from .problems import Problem
+from .precision import resolve_dtype
+
+#: Columns every curve row has, in this order; optimizer diagnostics follow.
+BASE_COLUMNS = ("step", "time", "loss", "l2", "rms_l2", "rel_l2", "step_size")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: evaluation rows and how the run ended."""
+
+    rows: list = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0  # timed seconds, compilation and evaluation excluded
+    compile_seconds: float = 0.0
+    diverged: bool = False
+    reason: str | None = None  # why the run diverged, else None
+    stopped_by: str = ""  # "max_steps", "max_seconds" or "diverged"
+    final_params: object = None
+
+    @property
+    def seconds_per_step(self) -> float:
+        return self.seconds / self.steps if self.steps else math.nan
+
+
+def _is_tty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _to_float(x) -> float:
+    return float(jnp.asarray(x))
+
+
+def _params_finite(params):
+    leaves = jax.tree_util.tree_leaves(params)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+
+
+def make_step(problem: Problem, residual_fn: Callable, optimizer, *, uses_grads: bool,
+              diagnostics: Callable, n_interior: int, n_boundary: int, dtype, data_seed: int):
+    """The (unjitted) training step ``step(params, opt_state, k) -> (params, opt_state, out)``.
+
+    ``out`` holds ``loss`` (½‖r‖² on batch ``k`` at the parameters *before* the step),
+    ``params_finite`` and every diagnostic of the optimizer.
+    """
+    data_key = jax.random.PRNGKey(data_seed)
+
+    def loss_fn(params, batch):
+        r = residual_fn(params, batch)
+        return 0.5 * jnp.dot(r, r)
+
+    def step(params, opt_state, k):
+        batch = problem.sample(jax.random.fold_in(data_key, k), n_interior, n_boundary, dtype)
+        if uses_grads:
+            loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+        else:
+            loss, grads = None, None
+        updates, opt_state = optimizer.update(grads, opt_state, params, batch=batch)
+        diag = dict(diagnostics(opt_state))
+        if loss is None:
+            # ENGD family reports the loss it already computed; otherwise compute it here.
+            loss = diag["loss"] if "loss" in diag else loss_fn(params, batch)
+        diag["loss"] = loss
+        new_params = optax.apply_updates(params, updates)
+        diag["params_finite"] = _params_finite(new_params)
+        return new_params, opt_state, diag
+
+    return step, loss_fn
+
+
+def train(problem: Problem, apply: Callable, params, optimizer, residual_fn: Callable, *,
+          uses_grads: bool, diagnostics: Callable = lambda state: {},
+          n_interior: int | None = None, n_boundary: int | None = None,
+          max_steps: int | None = None, max_seconds: float | None = None,
+          eval_every: int = 10, data_seed: int = 0, dtype=None,
+          stop_on_factorisation_failure: bool = True,
+          progress: bool | None = None, log: Callable | None = None) -> TrainResult:
+    """Train ``params`` of ``apply`` on ``problem`` with ``optimizer``; see the module docstring.
+
+    ``progress``: a tqdm bar (None: only when stderr is a terminal).  ``log``: where quiet
+    progress lines go when there is no bar (default: stderr, at most one line every 10 s).
+    """
+    if max_steps is None and max_seconds is None:
+        raise ValueError("give a budget: max_steps and/or max_seconds")
+    if max_steps is not None and (isinstance(max_steps, bool) or int(max_steps) < 0):
+        raise ValueError(f"max_steps must be a non-negative integer, got {max_steps!r}")
+    if max_seconds is not None and not float(max_seconds) > 0:
+        raise ValueError(f"max_seconds must be positive, got {max_seconds!r}")
+    if isinstance(eval_every, bool) or int(eval_every) < 1:
+        raise ValueError(f"eval_every must be a positive integer, got {eval_every!r}")
+    dtype = resolve_dtype(dtype)
+    n_interior = problem.n_interior if n_interior is None else int(n_interior)
+    n_boundary = problem.n_boundary if n_boundary is None else int(n_boundary)
+    if progress is None:
+        progress = _is_tty(sys.stderr)
+    if log is None:
+        log = (lambda msg: None) if progress else (
+            lambda msg: print(f"[pinn-ng] {msg}", file=sys.stderr, flush=True))
+
+    step_fn, loss_fn = make_step(
+        problem, residual_fn, optimizer, uses_grads=uses_grads, diagnostics=diagnostics,
+        n_interior=n_interior, n_boundary=n_boundary, dtype=dtype, data_seed=data_seed)
+    opt_state = optimizer.init(params)
+    # Donating the old params / state halves peak memory on accelerators; CPU ignores it.
+    donate = (0, 1) if jax.default_backend() != "cpu" else ()
+    t0 = time.perf_counter()
+    k0 = jnp.asarray(0, jnp.int32)
+    compiled = jax.jit(step_fn, donate_argnums=donate).lower(params, opt_state, k0).compile()
+    compile_seconds = time.perf_counter() - t0
+
+    points = problem.eval_points(dtype)
+    batch0 = problem.sample(jax.random.fold_in(jax.random.PRNGKey(data_seed), 0), n_interior,
+                            n_boundary, dtype)
+    result = TrainResult(compile_seconds=compile_seconds)
+    diag_keys: list[str] = []
+
+    def record(step, elapsed, out, params):
+        errs = problem.errors(apply, params, points)
+        row = {"step": step, "time": elapsed, "loss": math.nan, **errs, "step_size": math.nan}
+        for k in diag_keys:
+            row[k] = math.nan
+        if out is not None:
+            for k, v in out.items():
+                if k != "params_finite":
+                    row[k] = _to_float(v)
+        result.rows.append(row)
+        return row
+
+    first = record(0, 0.0, None, params)
+    first["loss"] = _to_float(jax.jit(loss_fn)(params, batch0))
+    log(f"{problem.name}: compiled in {compile_seconds:.1f} s; step 0 loss {first['loss']:.3e} "
+        f"l2 {first['l2']:.3e}")
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=max_steps, desc=problem.name, unit="step", file=sys.stderr,
+                   dynamic_ncols=True)
+    elapsed, step, out, last_log = 0.0, 0, None, time.monotonic()
+    try:
+        while True:
+            if max_steps is not None and step >= max_steps:
+                result.stopped_by = "max_steps"
+                break
+            if max_seconds is not None and elapsed >= max_seconds:
+                result.stopped_by = "max_seconds"
+                break
+            k = jnp.asarray(step, jnp.int32)
+            t = time.perf_counter()
+            params, opt_state, out = compiled(params, opt_state, k)
+            jax.block_until_ready((params, opt_state, out))
+            elapsed += time.perf_counter() - t
+            step += 1
+            if not diag_keys:
+                diag_keys = sorted(k for k in out if k not in ("loss", "step_size",
+                                                               "params_finite"))
+            loss = _to_float(out["loss"])
+            reason = None
+            if not math.isfinite(loss):
+                reason = f"non-finite loss ({loss}) at step {step}"
+            elif not bool(out["params_finite"]):
+                reason = f"non-finite parameters after step {step}"
+            elif stop_on_factorisation_failure and _to_float(
+                    out.get("factorisation_failed", 0.0)) > 0:
+                reason = f"factorisation failed at step {step}"
+            last = (reason is not None
+                    or (max_steps is not None and step >= max_steps)
+                    or (max_seconds is not None and elapsed >= max_seconds))
+            if step % eval_every == 0 or last:
+                row = record(step, elapsed, out, params)
+                if bar is None and (time.monotonic() - last_log > 10 or last):
+                    last_log = time.monotonic()
+                    log(f"{problem.name}: step {step} t {elapsed:.2f} s loss {loss:.3e} "
+                        f"l2 {row['l2']:.3e}")
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.2e}", t=f"{elapsed:.1f}s", refresh=False)
+            if reason is not None:
+                result.diverged, result.reason, result.stopped_by = True, reason, "diverged"
+                log(f"{problem.name}: diverged: {reason}")
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    result.steps, result.seconds, result.final_params = step, elapsed, params
+    return result

@@ -138,7 +138,7 @@ def train(problem: Problem, apply: Callable, params, optimizer, residual_fn: Cal
         log = (lambda msg: None) if progress else (
             lambda msg: print(f"[pinn-ng] {msg}", file=sys.stderr, flush=True))
 
-    step_fn, loss_fn = make_step(
+    step_fn, _ = make_step(
         problem, residual_fn, optimizer, uses_grads=uses_grads, diagnostics=diagnostics,
         n_interior=n_interior, n_boundary=n_boundary, dtype=dtype, data_seed=data_seed)
     opt_state = optimizer.init(params)
@@ -150,8 +150,6 @@ def train(problem: Problem, apply: Callable, params, optimizer, residual_fn: Cal
     compile_seconds = time.perf_counter() - t0
 
     points = problem.eval_points(dtype)
-    batch0 = problem.sample(jax.random.fold_in(jax.random.PRNGKey(data_seed), 0), n_interior,
-                            n_boundary, dtype)
     result = TrainResult(compile_seconds=compile_seconds)
     diag_keys: list[str] = []
 
@@ -167,10 +165,10 @@ def train(problem: Problem, apply: Callable, params, optimizer, residual_fn: Cal
         result.rows.append(row)
         return row
 
+    # Row 0: the initial parameters.  Its loss (batch 0) is the first step's "loss before the
+    # step", filled in after that step rather than compiled separately.
     first = record(0, 0.0, None, params)
-    first["loss"] = _to_float(jax.jit(loss_fn)(params, batch0))
-    log(f"{problem.name}: compiled in {compile_seconds:.1f} s; step 0 loss {first['loss']:.3e} "
-        f"l2 {first['l2']:.3e}")
+    log(f"{problem.name}: compiled in {compile_seconds:.1f} s; step 0 l2 {first['l2']:.3e}")
 
     bar = None
     if progress:
@@ -197,6 +195,8 @@ def train(problem: Problem, apply: Callable, params, optimizer, residual_fn: Cal
                 diag_keys = sorted(k for k in out if k not in ("loss", "step_size",
                                                                "params_finite"))
             loss = _to_float(out["loss"])
+            if step == 1:
+                first["loss"] = loss
             reason = None
             if not math.isfinite(loss):
                 reason = f"non-finite loss ({loss}) at step {step}"

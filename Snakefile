@@ -1,0 +1,123 @@
+# pinn-ng benchmark pipeline: optimizer × problem × batch size × seed grid -> runs -> tables
+# -> figures.  Presets: config/default.yaml (loaded here), `--configfile config/paper.yaml`
+# or `--configfile config/smoke.yaml` on top; overrides with `--config key=value`.
+# The preset is validated (config/schema.yaml + pinn_ng.pipeline.config) before any job runs.
+# Every job calls the `pinn-ng` command line; see README "The benchmark pipeline".
+
+import json
+import os
+import re
+
+from pinn_ng.pipeline import config as pcfg
+
+
+configfile: os.path.join(workflow.basedir, "config", "default.yaml")
+
+
+PLAN = pcfg.plan(config, os.path.join(workflow.basedir, "config", "schema.yaml"))
+RES = PLAN.results_dir
+FIG = PLAN.figures_dir
+RUNS = PLAN.runs
+DPI = PLAN.config.get("figure_dpi", 110)
+GPUS = int(PLAN.config.get("gpus_per_run", 0) or 0)
+
+wildcard_constraints:
+    run_id="|".join(map(re.escape, RUNS)) or "NO_RUNS",
+    figure="|".join(PLAN.figures) or "NO_FIGURES",
+
+
+def table_targets():
+    out = [f"{RES}/curves.csv", f"{RES}/summary.csv", f"{RES}/experiments.csv"] if RUNS else []
+    if PLAN.nystrom_table:
+        out += [f"{RES}/nystrom_table.csv", f"{RES}/nystrom_table.md"]
+    return out
+
+
+rule all:
+    input:
+        table_targets(),
+        expand(f"{FIG}/{{figure}}.png", figure=PLAN.figures),
+
+
+rule runs:
+    """Only the training runs (no tables, no figures)."""
+    input:
+        expand(f"{RES}/runs/{{run_id}}/meta.json", run_id=list(RUNS)),
+
+
+rule tables:
+    input:
+        table_targets(),
+
+
+rule run:
+    """One training run -> curve.csv + meta.json, written atomically (meta.json last)."""
+    output:
+        curve=f"{RES}/runs/{{run_id}}/curve.csv",
+        meta=f"{RES}/runs/{{run_id}}/meta.json",
+    params:
+        spec=lambda wc: json.dumps(RUNS[wc.run_id], sort_keys=True),
+        out=lambda wc: f"{RES}/runs/{wc.run_id}",
+    log:
+        f"{RES}/logs/{{run_id}}.log",
+    # One run at a time by default (run_threads: 0 = all cores), so that runs never compete
+    # for cores and seconds per step stay comparable.
+    threads: PLAN.run_threads(workflow.cores)
+    resources:
+        gpu=GPUS,
+        runtime=lambda wc: pcfg.budget_minutes(RUNS[wc.run_id]),
+        mem_mb=8000,
+    shell:
+        "pinn-ng run --no-progress --spec {params.spec:q} --out {params.out:q} 2> {log:q}"
+
+
+rule manifest:
+    """Which run belongs to which experiment (changes when the preset does)."""
+    output:
+        f"{RES}/manifest.json",
+    params:
+        manifest=json.dumps(PLAN.manifest(), sort_keys=True, indent=1),
+    run:
+        pcfg_manifest = params.manifest
+        with open(output[0], "w") as f:
+            f.write(pcfg_manifest + "\n")
+
+
+rule gather:
+    input:
+        manifest=f"{RES}/manifest.json",
+        metas=expand(f"{RES}/runs/{{run_id}}/meta.json", run_id=list(RUNS)),
+    output:
+        curves=f"{RES}/curves.csv",
+        summary=f"{RES}/summary.csv",
+        experiments=f"{RES}/experiments.csv",
+    shell:
+        "pinn-ng gather --runs-dir {RES}/runs --manifest {input.manifest} --out-dir {RES}"
+
+
+rule figure:
+    input:
+        rules.gather.output,
+    output:
+        f"{FIG}/{{figure}}.png",
+    shell:
+        "pinn-ng figures --results {RES} --figure {wildcards.figure} --out {output:q} "
+        "--dpi {DPI}"
+
+
+rule nystrom_table:
+    """Appendix B: standard vs GPU-efficient Nyström, time and memory."""
+    output:
+        csv=f"{RES}/nystrom_table.csv",
+        md=f"{RES}/nystrom_table.md",
+    params:
+        spec=json.dumps(PLAN.nystrom_table or {}, sort_keys=True),
+        dtype=PLAN.config["dtype"],
+    log:
+        f"{RES}/logs/nystrom_table.log",
+    threads: workflow.cores
+    resources:
+        gpu=GPUS,
+    shell:
+        "pinn-ng nystrom-table --spec {params.spec:q} --dtype {params.dtype} "
+        "--out-csv {output.csv:q} --out-md {output.md:q} 2> {log:q}"

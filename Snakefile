@@ -66,7 +66,6 @@ rule run:
     resources:
         gpu=GPUS,
         runtime=lambda wc: pcfg.budget_minutes(RUNS[wc.run_id]),
-        mem_mb=8000,
     shell:
         "pinn-ng run --no-progress --spec {params.spec:q} --out {params.out:q} 2> {log:q}"
 

@@ -134,6 +134,14 @@ def validate(config: dict, schema: dict) -> None:
     raise ConfigError("invalid pipeline preset:\n" + "\n".join(lines) + more)
 
 
+def experiment_kind(name: str) -> str:
+    """The figure family of an experiment: its name up to an optional ``_suffix``."""
+    for kind in sorted(EXPERIMENTS, key=len, reverse=True):
+        if name == kind or name.startswith(kind + "_"):
+            return kind
+    raise ConfigError(f"experiment {name!r}: the name must start with one of {EXPERIMENTS}")
+
+
 def n_params(widths) -> int:
     return sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
 
@@ -152,6 +160,7 @@ class Plan:
     config: dict
     runs: dict = field(default_factory=dict)  # run id -> spec
     experiments: dict = field(default_factory=dict)  # experiment -> [run ids]
+    kinds: dict = field(default_factory=dict)  # experiment -> figure family
     figures: list = field(default_factory=list)  # figure names (no extension)
 
     @property
@@ -168,7 +177,7 @@ class Plan:
 
     def manifest(self) -> dict:
         """What ``pinn-ng gather`` needs to know: which runs belong to which experiment."""
-        return {"experiments": self.experiments,
+        return {"experiments": self.experiments, "kinds": self.kinds,
                 "display": {s["label"]: s["display"] for s in self.runs.values()}}
 
     def run_threads(self, cores: int) -> int:
@@ -214,6 +223,9 @@ def plan(config: dict, schema_path=None, check_optimizers: bool = True) -> Plan:
     out = Plan(config)
     scale = float(config.get("budget_scale", 1.0))
     for exp_name, exp in (config.get("experiments") or {}).items():
+        if exp is None:  # switched off by an overriding preset
+            continue
+        kind = experiment_kind(exp_name)
         ids = []
         for i, label in enumerate(exp["optimizers"]):
             if label not in optimizers:
@@ -221,10 +233,10 @@ def plan(config: dict, schema_path=None, check_optimizers: bool = True) -> Plan:
                     f"invalid pipeline preset:\n  config key experiments.{exp_name}.optimizers"
                     f"[{i}]: {label!r} is not a defined optimizer label; defined under "
                     f"`optimizers`: {sorted(optimizers)}")
-            if exp_name == "effective_dimension" and \
+            if kind == "effective_dimension" and \
                     optimizers[label]["optimizer"] not in D_EFF_OPTIMIZERS:
                 raise ConfigError(
-                    f"invalid pipeline preset:\n  config key experiments.effective_dimension."
+                    f"invalid pipeline preset:\n  config key experiments.{exp_name}."
                     f"optimizers[{i}]: {label!r} ({optimizers[label]['optimizer']}) cannot "
                     f"report the effective dimension; allowed optimizers: {D_EFF_OPTIMIZERS}")
         budget = exp["budget"]
@@ -232,10 +244,15 @@ def plan(config: dict, schema_path=None, check_optimizers: bool = True) -> Plan:
         if steps is None and seconds is None:
             raise ConfigError(f"invalid pipeline preset:\n  config key experiments.{exp_name}"
                               ".budget: give steps and/or seconds")
-        if seconds is not None:
-            seconds = float(seconds) * scale
         for pname in exp["problems"]:
             problem, widths, batch = _problem_settings(config, pname)
+            run_seconds = problem.budget_seconds if seconds == "paper" else seconds
+            if seconds == "paper" and run_seconds is None:
+                raise ConfigError(
+                    f"invalid pipeline preset:\n  config key experiments.{exp_name}.budget."
+                    f"seconds: {pname} has no paper budget; give a number")
+            if run_seconds is not None:
+                run_seconds = float(run_seconds) * scale
             _check_widths(problem, widths, f"problems.{pname}.widths")
             batches = exp.get("batches") or [batch]
             nets = [n or widths for n in (exp.get("nets") or [widths])]
@@ -247,7 +264,7 @@ def plan(config: dict, schema_path=None, check_optimizers: bool = True) -> Plan:
                 opt = optimizers[label]
                 for (n_i, n_b), net in combos:
                     hp = _hparams(opt, pname, n_i + n_b)
-                    if exp_name == "effective_dimension":
+                    if kind == "effective_dimension":
                         hp["track_effective_dimension"] = True
                     for rep in range(int(config["replicates"])):
                         spec = {
@@ -258,7 +275,7 @@ def plan(config: dict, schema_path=None, check_optimizers: bool = True) -> Plan:
                             "n_boundary": int(n_b), "replicate": rep,
                             "data_seed": int(config["data_seed"]) + rep,
                             "model_seed": int(config["model_seed"]) + rep,
-                            "max_steps": steps, "max_seconds": seconds,
+                            "max_steps": steps, "max_seconds": run_seconds,
                             "eval_every": int(config["eval_every"]), "dtype": config["dtype"],
                             "stop_on_factorisation_failure": bool(
                                 config.get("stop_on_factorisation_failure", True)),
@@ -268,14 +285,17 @@ def plan(config: dict, schema_path=None, check_optimizers: bool = True) -> Plan:
                         if rid not in ids:
                             ids.append(rid)
         out.experiments[exp_name] = ids
+        out.kinds[exp_name] = kind
 
     exps = config.get("experiments") or {}
-    if out.experiments.get("scaling"):
+    kinds = {k for name, k in out.kinds.items() if out.experiments[name]}
+    if "scaling" in kinds:
         out.figures.append("speedup")
     for kind in ("convergence", "nystrom"):
-        if out.experiments.get(kind):
-            out.figures += [f"{kind}_{p}" for p in exps[kind]["problems"]]
-    if out.experiments.get("effective_dimension"):
+        probs = sorted({p for name, k in out.kinds.items() if k == kind
+                        for p in exps[name]["problems"]})
+        out.figures += [f"{kind}_{p}" for p in probs]
+    if "effective_dimension" in kinds:
         out.figures.append("effective_dimension")
     if check_optimizers:
         check_hyperparameters(out)

@@ -38,21 +38,26 @@ def _setup():
 
 def load(results_dir) -> dict:
     d = Path(results_dir)
-    return {name: pd.read_csv(d / f"{name}.csv", keep_default_na=False,
-                              na_values=["nan", "NaN", ""])
-            for name in ("curves", "summary", "experiments")}
+    tables = {name: pd.read_csv(d / f"{name}.csv", keep_default_na=False,
+                                na_values=["nan", "NaN", ""])
+              for name in ("curves", "summary", "experiments")}
+    for name in ("curves", "summary"):
+        for col in ("solver", "reason"):
+            if col in tables[name]:
+                tables[name][col] = tables[name][col].fillna("").astype(str)
+    return tables
 
 
 def available(tables: dict) -> list[str]:
     """The figures the gathered tables allow, in a fixed order."""
     exp, summ = tables["experiments"], tables["summary"]
     out = []
-    names = set(exp["experiment"])
+    names = set(exp["kind"])
     if "scaling" in names:
         out.append("speedup")
     for kind in ("convergence", "nystrom"):
         if kind in names:
-            ids = set(exp.loc[exp["experiment"] == kind, "run_id"])
+            ids = set(exp.loc[exp["kind"] == kind, "run_id"])
             out += [f"{kind}_{p}" for p in sorted(set(summ.loc[summ.run_id.isin(ids),
                                                              "problem"]))]
     if "effective_dimension" in names:
@@ -62,7 +67,7 @@ def available(tables: dict) -> list[str]:
 
 def _runs(tables, experiment, problem=None):
     exp = tables["experiments"]
-    ids = set(exp.loc[exp["experiment"] == experiment, "run_id"])
+    ids = set(exp.loc[exp["kind"] == experiment, "run_id"])
     summ = tables["summary"][tables["summary"].run_id.isin(ids)]
     if problem is not None:
         summ = summ[summ.problem == problem]
@@ -140,7 +145,8 @@ def fig_speedup(tables, plt, sns, palette):
                 ax.legend(title=None, fontsize=7)
             ax.set(xscale="log", yscale="log", xlabel="parameters P",
                    ylabel="seconds per step", title=f"{prob}, N = {n0:,}")
-    fig.suptitle("Time per step: ENGD (P×P Gramian) vs ENGD-W / SPRING (N×N kernel)")
+    fig.suptitle("seconds per step: ENGD (P×P Gramian) vs sample-space (N×N kernel) methods",
+                 fontsize=10)
     fig.tight_layout()
     return fig
 

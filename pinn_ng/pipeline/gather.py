@@ -92,8 +92,12 @@ def gather(runs_dir, out_dir, manifest: dict | None = None) -> dict:
                                         "step_size"] + extra]
     curves_df = curves_df.sort_values(SORT + ["step"], kind="stable").reset_index(drop=True)
     summary_df = pd.DataFrame(summary)[SUMMARY_COLUMNS].sort_values(SORT, kind="stable")
+    from .config import experiment_kind
+
     exp_df = pd.DataFrame(membership, columns=["experiment", "run_id"]).sort_values(
         ["experiment", "run_id"], kind="stable")
+    exp_df.insert(1, "kind", [experiment_kind(e) if e != "all" else "all"
+                              for e in exp_df.experiment])
 
     out = {"curves": out_dir / "curves.csv", "summary": out_dir / "summary.csv",
            "experiments": out_dir / "experiments.csv"}

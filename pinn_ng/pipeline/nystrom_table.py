@@ -109,7 +109,7 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         lines.append(f"| {r['N']:,} | {r['fraction']:.0%} | {r['sketch_size']:,} | "
                      f"{r['standard_seconds']:.4g} | {r['gpu_seconds']:.4g} | "
-                     f"{r['speedup']:.1f}× | {r['standard_mib']:.0f} | {r['gpu_mib']:.0f} |")
+                     f"{r['speedup']:.1f}× | {r['standard_mib']:.1f} | {r['gpu_mib']:.1f} |")
     dev = f"{rows[0]['backend']} ({rows[0]['device_kind']})" if rows else ""
     return ("Standard vs GPU-efficient randomized Nyström: build + one solve of (K̂ + λI)u = g, "
             f"λ = {rows[0]['damping'] if rows else ''}, on {dev}. Memory: XLA buffer "

@@ -71,18 +71,30 @@ def run(spec: dict, out_dir, progress=None) -> dict:
     params = init(jax.random.PRNGKey(spec["model_seed"]))
     residual_fn = problem.residual_fn(apply)
     optimizer = optim.make(spec["optimizer"], residual_fn, **spec["hparams"])
-    result = train.train(
-        problem, jax.jit(apply), params, optimizer, residual_fn,
-        uses_grads=optim.uses_grads(spec["optimizer"]), diagnostics=optim.diagnostics,
-        n_interior=spec["n_interior"], n_boundary=spec["n_boundary"],
-        max_steps=spec["max_steps"], max_seconds=spec["max_seconds"],
-        eval_every=spec["eval_every"], data_seed=spec["data_seed"], dtype=dtype,
-        stop_on_factorisation_failure=spec["stop_on_factorisation_failure"], progress=progress)
+    try:
+        result = train.train(
+            problem, jax.jit(apply), params, optimizer, residual_fn,
+            uses_grads=optim.uses_grads(spec["optimizer"]), diagnostics=optim.diagnostics,
+            n_interior=spec["n_interior"], n_boundary=spec["n_boundary"],
+            max_steps=spec["max_steps"], max_seconds=spec["max_seconds"],
+            eval_every=spec["eval_every"], data_seed=spec["data_seed"], dtype=dtype,
+            stop_on_factorisation_failure=spec["stop_on_factorisation_failure"],
+            progress=progress)
+    except Exception as err:  # noqa: BLE001 - only out-of-memory is a result, see below
+        # Running out of device memory is an outcome worth recording (PAPER.md: "ENGD runs
+        # out of memory" on 10d), not a pipeline failure; anything else is a bug and raises.
+        text = f"{type(err).__name__}: {err}"
+        if not (isinstance(err, MemoryError) or "RESOURCE_EXHAUSTED" in text
+                or "out of memory" in text.lower()):
+            raise
+        result = train.TrainResult(diverged=True, reason="out of memory: " + text[:300],
+                                   stopped_by="out_of_memory")
 
     extra = sorted({k for row in result.rows for k in row} - set(train.BASE_COLUMNS))
     columns = list(train.BASE_COLUMNS) + extra
     l2s = [r["l2"] for r in result.rows if math.isfinite(r["l2"])]
-    final = result.rows[-1]
+    nan = float("nan")
+    final = result.rows[-1] if result.rows else {"l2": nan, "rms_l2": nan, "rel_l2": nan}
     meta = {
         "run_id": Path(out_dir).name,
         "spec": spec,

@@ -113,6 +113,11 @@ def validate(config: dict, schema: dict) -> None:
         return
     lines = []
     for err in errors[:12]:
+        while err.validator == "oneOf" and err.context:
+            # Of the alternatives, report the one that got furthest into the value, and
+            # rather a broken rule (minimum, enum, …) than "is not of type 'null'".
+            err = max(err.context, key=lambda e: (len(e.absolute_path), e.validator != "type",
+                                                  -len(e.message)))
         where = _key_path(err.absolute_path)
         msg = err.message
         if err.validator == "additionalProperties":
@@ -126,9 +131,6 @@ def validate(config: dict, schema: dict) -> None:
                 "enum")
             if enum:
                 msg += f"; allowed: {enum}"
-        elif err.validator == "oneOf" and err.context:
-            best = min(err.context, key=lambda e: len(e.message))
-            msg = f"{err.instance!r} is not valid: {best.message}"
         lines.append(f"  config key {where}: {msg}")
     more = f"\n  … and {len(errors) - 12} more" if len(errors) > 12 else ""
     raise ConfigError("invalid pipeline preset:\n" + "\n".join(lines) + more)

@@ -1,0 +1,263 @@
+"""The benchmark pipeline (issue 4): training loop, run records, presets, Snakemake end to end.
+
+The end-to-end test runs the smoke preset once (module fixture, ~1 min on 2 cores) in a
+temporary directory; later tests reuse its outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pandas as pd
+import pytest
+
+from pinn_ng import models, optim, problems, train
+from pinn_ng.pipeline import config as pcfg
+from pinn_ng.pipeline import figures, records, runner
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "Snakefile"
+PRESETS = {"default": [], "smoke": ["--configfile", str(REPO / "config" / "smoke.yaml")],
+           "paper": ["--configfile", str(REPO / "config" / "paper.yaml")]}
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def snakemake(workdir, *args, check=True, timeout=600):
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(workdir),
+           "--cores", "2", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n"
+                             f"{proc.stderr[-3000:]}")
+    return proc
+
+
+def preset(*overrides) -> dict:
+    cfg = pcfg.load_yaml(REPO / "config" / "default.yaml")
+    for o in overrides:
+        cfg = pcfg.merge(cfg, o if isinstance(o, dict) else pcfg.load_yaml(o))
+    return cfg
+
+
+# ------------------------------------------------------------------------------ presets
+
+
+def test_schema_enums_match_registries():
+    schema = pcfg.load_yaml(REPO / "config" / "schema.yaml")
+    assert schema["$defs"]["problem_name"]["enum"] == problems.names()
+    assert schema["$defs"]["optimizer_name"]["enum"] == optim.names()
+
+
+@pytest.mark.parametrize("name", ["default", "smoke", "paper"])
+def test_every_preset_expands(name):
+    extra = [] if name == "default" else [REPO / "config" / f"{name}.yaml"]
+    plan = pcfg.plan(preset(*extra))
+    assert plan.runs and plan.figures
+    assert "speedup" in plan.figures and "effective_dimension" in plan.figures
+    assert any(f.startswith("convergence_") for f in plan.figures)
+    assert any(f.startswith("nystrom_") for f in plan.figures)
+    for spec in plan.runs.values():  # every run spec is complete and accepted by the runner
+        runner.complete_spec({k: v for k, v in spec.items()})
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_snakemake_dry_run(name, tmp_path):
+    proc = snakemake(tmp_path, "-n", *PRESETS[name])
+    out = proc.stdout + proc.stderr
+    assert "run" in out and "gather" in out and "figure" in out
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("override,expected", [
+    ({"dtype": "float16"}, ["dtype", "float64", "float32"]),
+    ({"experiments": {"convergence": {"optimizers": ["adamw"]}}},
+     ["experiments.convergence.optimizers[0]", "adamw", "engd_w", "spring"]),
+    ({"experiments": {"convergence": {"problems": ["poisson7d"]}}},
+     ["experiments.convergence.problems[0]", "poisson7d", "poisson5d"]),
+    ({"experiments": {"convergenze": None}}, ["convergenze", "convergence", "scaling"]),
+    ({"optimizers": {"engd_w": {"hparams": {"damping": -1.0}}}},
+     ["optimizers.engd_w.hparams", "damping"]),
+    ({"optimizers": {"spring": {"optimizer": "springg"}}},
+     ["optimizers.spring.optimizer", "springg", "engd_woodbury"]),
+    ({"problems": {"poisson5d": {"widths": [3, 8, 1]}}},
+     ["problems.poisson5d.widths", "input dimension 5"]),
+    ({"nystrom_table": {"fractions": [1.5]}}, ["nystrom_table.fractions[0]", "1.5"]),
+])
+def test_bad_preset_value_names_key_and_allowed_values(override, expected):
+    with pytest.raises(pcfg.ConfigError) as err:
+        pcfg.plan(preset(override))
+    for text in expected:
+        assert text in str(err.value), str(err.value)
+
+
+def test_bad_value_stops_snakemake_before_any_run(tmp_path):
+    proc = snakemake(tmp_path, "--config", "dtype=float16", check=False)
+    assert proc.returncode != 0
+    assert "dtype" in proc.stderr and "float64" in proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_overrides_from_command_line_are_coerced():
+    plan = pcfg.plan(preset(REPO / "config" / "smoke.yaml",
+                            {"budget_scale": "2", "eval_every": "3", "data_seed": "5"}))
+    spec = next(iter(plan.runs.values()))
+    assert spec["eval_every"] == 3 and spec["data_seed"] == 5
+    cfg = preset({"experiments": {"convergence": {"budget": {"seconds": "1e1"}}}},
+                 {"budget_scale": 0.5})
+    conv = [s for s in pcfg.plan(cfg, check_optimizers=False).runs.values()
+            if s["label"] == "sgd"]
+    assert conv[0]["max_seconds"] == 5.0
+
+
+# ------------------------------------------------------------------------------ training loop
+
+
+def _tiny(seed=1):
+    problem = problems.get("poisson2d")
+    init, apply = models.mlp((2, 6, 1))
+    return problem, init(jax.random.PRNGKey(seed)), apply
+
+
+def _train(optimizer, diagnostics=lambda s: {}, uses_grads=True, **kw):
+    problem, params, apply = _tiny()
+    kw = {"max_steps": 5, "eval_every": 2, "n_interior": 20, "n_boundary": 8, **kw}
+    return train.train(problem, apply, params, optimizer, problem.residual_fn(apply),
+                       uses_grads=uses_grads, diagnostics=diagnostics, progress=False,
+                       log=lambda m: None, **kw)
+
+
+def test_train_rows_budget_and_timings():
+    res = _train(optax.with_extra_args_support(optax.adam(1e-2)), max_steps=7, eval_every=3)
+    assert [r["step"] for r in res.rows] == [0, 3, 6, 7]
+    assert res.steps == 7 and res.stopped_by == "max_steps" and not res.diverged
+    times = [r["time"] for r in res.rows]
+    assert times[0] == 0.0 and all(b >= a for a, b in zip(times, times[1:]))
+    assert res.seconds == times[-1] and res.compile_seconds > 0
+    for row in res.rows:
+        assert set(train.BASE_COLUMNS) <= set(row)
+        assert np.isfinite(row["loss"]) and np.isfinite(row["l2"])
+    res = _train(optax.with_extra_args_support(optax.adam(1e-2)), max_steps=None,
+                 max_seconds=0.05)
+    assert res.stopped_by == "max_seconds" and res.seconds >= 0.05
+
+
+def test_train_stops_on_divergence():
+    nan_updates = optax.with_extra_args_support(optax.GradientTransformation(
+        lambda p: optax.EmptyState(),
+        lambda g, s, p=None: (jax.tree_util.tree_map(lambda x: x * jnp.nan, g), s)))
+    res = _train(nan_updates, max_steps=50)
+    assert res.diverged and res.steps == 1 and "non-finite" in res.reason
+
+    failed = optax.with_extra_args_support(optax.sgd(0.0))
+    res = _train(failed, diagnostics=lambda s: {"factorisation_failed": jnp.ones(())},
+                 max_steps=50)
+    assert res.diverged and "factorisation" in res.reason and res.steps == 1
+    assert res.rows[-1]["factorisation_failed"] == 1.0
+
+
+def test_same_seed_same_l2_columns(tmp_path):
+    spec = {"problem": "poisson2d", "optimizer": "engd_woodbury", "widths": [2, 6, 1],
+            "hparams": {"damping": 1e-8, "learning_rate": "line_search"},
+            "n_interior": 20, "n_boundary": 8, "max_steps": 6, "eval_every": 2}
+    for name in ("a", "b"):
+        runner.run(spec, tmp_path / name, progress=False)
+    a, b = (pd.read_csv(tmp_path / n / "curve.csv") for n in ("a", "b"))
+    for col in ("l2", "rms_l2", "rel_l2", "loss"):
+        assert a[col].tolist() == b[col].tolist()
+    meta = json.loads((tmp_path / "a" / "meta.json").read_text())
+    for key in ("spec", "seeds", "versions", "device", "git", "steps", "seconds_per_step"):
+        assert key in meta
+    assert meta["seeds"] == {"data": 0, "model": 1} and meta["versions"]["jax"]
+
+
+# ------------------------------------------------------------------------------ end to end
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    work = tmp_path_factory.mktemp("smoke")
+    t = time.perf_counter()
+    snakemake(work, *PRESETS["smoke"])
+    plan = pcfg.plan(preset(REPO / "config" / "smoke.yaml"), check_optimizers=False)
+    return work, plan, time.perf_counter() - t
+
+
+def test_smoke_pipeline_end_to_end(smoke):
+    work, plan, _ = smoke
+    res = work / "results"
+    curves = pd.read_csv(res / "curves.csv")
+    summary = pd.read_csv(res / "summary.csv")
+    for col in ["run_id", "problem", "label", "optimizer", "N", "P", "step", "time", "loss",
+                "l2", "rms_l2", "rel_l2", "step_size", "effective_dimension"]:
+        assert col in curves.columns, col
+    for col in ["problem", "label", "N", "final_l2", "best_l2", "steps", "seconds_per_step",
+                "diverged"]:
+        assert col in summary.columns, col
+    assert sorted(summary.run_id) == sorted(plan.runs)
+    assert (summary.steps == 6).all() and not summary.diverged.any()
+    assert set(summary.label) == {"adam", "engd", "engd_w", "engd_w_nystrom_gpu"}
+    assert (summary.seconds_per_step > 0).all()
+    for name in ("nystrom_table.csv", "nystrom_table.md"):
+        assert (res / name).stat().st_size > 0
+    table = pd.read_csv(res / "nystrom_table.csv")
+    assert {"standard_seconds", "gpu_seconds", "standard_mib", "gpu_mib"} <= set(table.columns)
+    for fig in plan.figures:
+        path = work / "figures" / f"{fig}.png"
+        assert path.stat().st_size > 1000, fig
+
+
+def test_figures_are_byte_identical_from_the_same_tables(smoke, tmp_path):
+    work, plan, _ = smoke
+    for fig in ("speedup", "convergence_poisson2d"):
+        figures.draw(work / "results", fig, tmp_path / f"{fig}.png")
+        assert (tmp_path / f"{fig}.png").read_bytes() == \
+            (work / "figures" / f"{fig}.png").read_bytes()
+
+
+def test_killed_run_leaves_no_record_and_rerun_completes(smoke):
+    work, plan, _ = smoke
+    runs_dir = work / "results" / "runs"
+    victim = sorted(plan.runs)[0]
+    shutil_rmtree(runs_dir / victim)
+    mtimes = {p: p.stat().st_mtime_ns for p in runs_dir.glob("*/meta.json")}
+
+    # The victim's job, with a budget long enough to be interrupted mid-way.
+    spec = {**plan.runs[victim], "max_steps": 10**6}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pinn_ng.cli", "run", "--no-progress", "--spec",
+         json.dumps(spec), "--out", str(runs_dir / victim)],
+        cwd=work, env=ENV, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:  # wait until training has started
+        if "compiled" in line:
+            break
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)  # what Snakemake and SLURM send
+    assert proc.wait(timeout=60) == 130
+    assert not records.is_complete(runs_dir / victim)
+    assert not (runs_dir / victim / "meta.json").exists()
+    assert not list((runs_dir / victim).glob("*"))  # no temporary files either
+
+    dry = snakemake(work, "-n", *PRESETS["smoke"]).stdout
+    assert victim in dry
+    assert not any(rid in dry for rid in plan.runs if rid != victim)
+    snakemake(work, *PRESETS["smoke"])
+    assert records.is_complete(runs_dir / victim)
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # finished ones untouched
+    summary = pd.read_csv(work / "results" / "summary.csv")
+    assert sorted(summary.run_id) == sorted(plan.runs)
+
+
+def shutil_rmtree(path):
+    import shutil
+
+    shutil.rmtree(path)

@@ -17,6 +17,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from .problems import Batch, Problem
@@ -27,11 +28,15 @@ def _is_traced(tree) -> bool:
 
 
 def check_finite_params(params) -> None:
-    """Raise ``ValueError`` if a (concrete) parameter leaf holds NaN or inf.  No-op under tracing."""
+    """Raise ``ValueError`` if a (concrete) parameter leaf holds NaN or inf.  No-op under tracing.
+
+    The check runs on host copies (NumPy), so it never stages operations into a surrounding
+    trace (e.g. a ``while_loop`` body closing over concrete parameters).
+    """
     if _is_traced(params):
         return
     leaves = jax.tree_util.tree_leaves(params)
-    bad = [i for i, leaf in enumerate(leaves) if not bool(jnp.all(jnp.isfinite(leaf)))]
+    bad = [i for i, leaf in enumerate(leaves) if not np.all(np.isfinite(np.asarray(leaf)))]
     if bad:
         raise ValueError(f"parameters contain non-finite values (NaN/inf) in leaves {bad}")
 

@@ -5,7 +5,7 @@ products (one forward-mode J·v and one reverse-mode Jᵀ·u of the batch per it
 uses 100–350 iterations), then adapts the Levenberg–Marquardt damping λ from the reduction
 ratio ρ = (L(θ + d) − L(θ)) / (q(d) − q(0)) of the quadratic model q(d) = ∇Lᵀd + ½‖Jd‖²:
 λ ← 3/2·λ if ρ < 1/4, λ ← 2/3·λ if ρ > 3/4.  A step that does not lower the loss on the batch
-is not taken.
+is backtracked (α = 1, 1/2, …, 2⁻¹⁰, Armijo condition); if none lowers the loss, no step.
 """
 
 from __future__ import annotations
@@ -19,6 +19,10 @@ from jax.flatten_util import ravel_pytree
 
 from .common import Diagnostics, check_damping, empty_diagnostics, safe_direction
 from .curvature import as_curvature
+from .solvers import conjugate_gradient
+
+
+_BACKTRACK_STEPS = 11
 
 
 class HessianFreeState(NamedTuple):
@@ -54,18 +58,28 @@ def hessian_free(residual_fn, damping: float = 0.1, cg_iters: int = 100, cg_tol:
         def ggn(v):
             return curv.vjp(params, batch, curv.jvp(params, batch, v)) + lam * v
 
-        d, _ = jax.scipy.sparse.linalg.cg(ggn, -grad, tol=cg_tol, maxiter=cg_iters)
+        d, _ = conjugate_gradient(ggn, -grad, maxiter=cg_iters, tol=cg_tol)
         d, nonfinite = safe_direction(d)
         jd = curv.jvp(params, batch, d)
-        model = jnp.dot(grad, d) + 0.5 * jnp.dot(jd, jd)
-        r_new = curv.residual(unravel(flat + d), batch)
-        loss_new = 0.5 * jnp.dot(r_new, r_new)
-        rho = jnp.where(model < 0, (loss_new - loss0) / model, -jnp.inf)
-        rho = jnp.where(jnp.isfinite(loss_new), rho, -jnp.inf)
+        g_d = jnp.dot(grad, d)
+        model = g_d + 0.5 * jnp.dot(jd, jd)
+
+        def loss_at(alpha):
+            res = curv.residual(unravel(flat + alpha * d), batch)
+            return 0.5 * jnp.dot(res, res)
+
+        # backtracking on the CG step (Martens 2010, sec. 4.6): α ∈ {1, 1/2, …, 2⁻¹⁰}, the
+        # largest with Armijo decrease; the candidate losses come from one batched pass.
+        alphas = 2.0 ** -jnp.arange(_BACKTRACK_STEPS, dtype=flat.dtype)
+        losses = jax.vmap(loss_at)(alphas)
+        losses = jnp.where(jnp.isfinite(losses), losses, jnp.inf)
+        ok = losses < loss0 + 1e-2 * alphas * g_d
+        first = jnp.argmax(ok)
+        eta = jnp.where(ok[first], alphas[first], 0.0)
+        # damping follows the reduction ratio of the full step
+        rho = jnp.where(model < 0, (losses[0] - loss0) / model, -jnp.inf)
         lam_new = jnp.where(rho < 0.25, 1.5 * lam, jnp.where(rho > 0.75, lam * (2.0 / 3.0), lam))
         lam_new = jnp.maximum(lam_new, min_damping)
-        accept = (loss_new < loss0) & jnp.isfinite(loss_new)
-        eta = accept.astype(flat.dtype)
         diag = Diagnostics(loss0, eta, jnp.linalg.norm(d), None, jnp.zeros((), flat.dtype),
                            nonfinite)
         return unravel(eta * d), HessianFreeState(lam_new, state.count + 1, diag)

@@ -77,15 +77,39 @@ def _shift(y):
     return jnp.finfo(y.dtype).eps * jnp.linalg.norm(y)
 
 
+#: On a failed core Cholesky the Nyström shift ν grows by this factor, at most _SHIFT_TRIES times.
+_SHIFT_GROWTH = 100.0
+_SHIFT_TRIES = 6
+
+
 def _core(y, omega, shift):
-    """B = Y_ν C⁻¹ with CᵀC = Ωᵀ Y_ν (C upper), Y_ν = Y + νΩ."""
-    y_nu = y + shift * omega
-    core = omega.T @ y_nu
-    core = 0.5 * (core + core.T)
-    chol = jnp.linalg.cholesky(core)  # lower L = Cᵀ
+    """B = Y_ν C⁻¹ with CᵀC = Ωᵀ Y_ν (C upper), Y_ν = Y + νΩ.
+
+    Ωᵀ(K + νI)Ω is only as well conditioned as ν allows: with a tiny ν and a nearly singular
+    K (typical of PINN kernels) its Cholesky can fail in floating point, more often for the
+    un-orthonormalised Ω of the GPU variant.  Documented fallback: ν grows 100-fold until
+    the factor is finite (at most 6 times).  Returns (B, ν used, 1.0 if ν had to grow).
+    """
+
+    def factor(nu):
+        y_nu = y + nu * omega
+        core = omega.T @ y_nu
+        return y_nu, jnp.linalg.cholesky(0.5 * (core + core.T))  # lower L = Cᵀ
+
+    def failed(carry):
+        i, _, _, chol = carry
+        return (i < _SHIFT_TRIES) & ~jnp.all(jnp.isfinite(chol))
+
+    def grow(carry):
+        i, nu, _, _ = carry
+        nu = jnp.maximum(nu * _SHIFT_GROWTH, jnp.finfo(y.dtype).tiny)
+        return (i + 1, nu) + factor(nu)
+
+    nu0 = jnp.asarray(shift, y.dtype)
+    i, nu, y_nu, chol = jax.lax.while_loop(failed, grow, (0, nu0) + factor(nu0))
     # B = Y_ν C⁻¹ = Y_ν L⁻ᵀ  ->  Bᵀ = L⁻¹ Y_νᵀ
     b = solve_triangular(chol, y_nu.T, lower=True).T
-    return b
+    return b, nu, (i > 0).astype(y.dtype)
 
 
 class StandardNystrom(NamedTuple):
@@ -93,6 +117,7 @@ class StandardNystrom(NamedTuple):
 
     u: jax.Array
     eigvals: jax.Array
+    shift_grown: jax.Array  # 1.0 if the core Cholesky needed a larger shift ν
 
     def solve(self, g, damping):
         """(K̂ + λI)⁻¹ g = U diag(1/(Λ+λ)) Uᵀ g + (g − UUᵀg)/λ."""
@@ -120,10 +145,9 @@ def nystrom_standard(kmatmul: Callable, n: int, sketch_size: int, key, dtype) ->
     omega = jax.random.normal(key, (n, sketch_size), dtype=dtype)
     omega, _ = jnp.linalg.qr(omega)
     y = kmatmul(omega)
-    shift = _shift(y)
-    b = _core(y, omega, shift)
+    b, nu, grown = _core(y, omega, _shift(y))
     u, s, _ = jnp.linalg.svd(b, full_matrices=False)
-    return StandardNystrom(u, jnp.maximum(s**2 - shift, 0.0))
+    return StandardNystrom(u, jnp.maximum(s**2 - nu, 0.0), grown)
 
 
 class GpuNystrom(NamedTuple):
@@ -132,6 +156,7 @@ class GpuNystrom(NamedTuple):
     b: jax.Array
     chol: jax.Array
     damping: jax.Array
+    shift_grown: jax.Array  # 1.0 if the core Cholesky needed a larger shift ν
 
     def solve(self, g):
         """(BBᵀ + λI)⁻¹ g = (g − B L⁻ᵀ L⁻¹ Bᵀ g) / λ  (Woodbury)."""
@@ -150,24 +175,55 @@ def nystrom_gpu(kmatmul: Callable, n: int, sketch_size: int, key, dtype, damping
     omega = jax.random.normal(key, (n, sketch_size), dtype=dtype)
     y = kmatmul(omega)
     nu = _shift(y) if shift is None else jnp.asarray(shift, dtype)
-    b = _core(y, omega, nu)
+    b, _, grown = _core(y, omega, nu)
     small = b.T @ b + damping * jnp.eye(sketch_size, dtype=dtype)
-    return GpuNystrom(b, jnp.linalg.cholesky(small), jnp.asarray(damping, dtype))
+    return GpuNystrom(b, jnp.linalg.cholesky(small), jnp.asarray(damping, dtype), grown)
+
+
+def conjugate_gradient(matvec: Callable, b, x0=None, maxiter: int = 100, tol: float = 0.0,
+                       precond: Callable | None = None):
+    """(Preconditioned) conjugate gradients for a symmetric positive definite operator.
+
+    Stops after ``maxiter`` iterations or once ‖b − A x‖ ≤ tol·‖b‖.  Unlike a textbook loop it
+    also stops cleanly at an exact solution (rᵀz = 0), where the next step would divide 0 by 0.
+    Returns ``(x, iterations)``.
+    """
+    precond = precond or (lambda v: v)
+    x = jnp.zeros_like(b) if x0 is None else x0
+    r = b - matvec(x)
+    z = precond(r)
+    p = z
+    rz = jnp.dot(r, z)
+    stop = tol * jnp.linalg.norm(b)
+    tiny = jnp.finfo(b.dtype).tiny
+
+    def cond(carry):
+        i, _, r, _, _, rz = carry
+        return (i < maxiter) & (jnp.linalg.norm(r) > stop) & (jnp.abs(rz) > tiny)
+
+    def body(carry):
+        i, x, r, z, p, rz = carry
+        ap = matvec(p)
+        pap = jnp.dot(p, ap)
+        alpha = jnp.where(pap > 0, rz / jnp.where(pap > 0, pap, 1.0), 0.0)
+        x = x + alpha * p
+        r = r - alpha * ap
+        z = precond(r)
+        rz_new = jnp.dot(r, z)
+        beta = rz_new / rz
+        return i + 1, x, r, z, z + beta * p, rz_new
+
+    i, x, *_ = jax.lax.while_loop(cond, body, (0, x, r, z, p, rz))
+    return x, i
 
 
 def pcg(kmatvec: Callable, g, damping, precond: StandardNystrom, maxiter: int, tol: float = 0.0):
     """Solve (K + λI) u = g by CG preconditioned with a standard Nyström approximation.
 
-    Runs at most ``maxiter`` iterations (the reference code uses 5), stopping early once
-    ‖residual‖ ≤ tol·‖g‖.
+    Starts from the sketch-and-solve answer and runs at most ``maxiter`` iterations (the
+    reference code uses 5), stopping early once ‖residual‖ ≤ tol·‖g‖.
     """
-
-    def a(v):
-        return kmatvec(v) + damping * v
-
-    def m(v):
-        return precond.precondition(v, damping)
-
-    u, _ = jax.scipy.sparse.linalg.cg(a, g, x0=precond.solve(g, damping), tol=tol,
-                                      maxiter=maxiter, M=m)
+    u, _ = conjugate_gradient(lambda v: kmatvec(v) + damping * v, g,
+                              x0=precond.solve(g, damping), maxiter=maxiter, tol=tol,
+                              precond=lambda v: precond.precondition(v, damping))
     return u

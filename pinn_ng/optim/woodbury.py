@@ -161,10 +161,11 @@ def sample_space(
         elif solver == "nystrom_gpu":
             ny = nystrom_gpu(kmatmul, n, _resolve_sketch(sketch_size, n), sketch_key, dtype,
                              damping, nystrom_shift)
-            u = ny.solve(zeta)
+            u, failed = ny.solve(zeta), ny.shift_grown
             d_eff = ny.effective_dimension() if track_effective_dimension else None
         else:
             ny = nystrom_standard(kmatmul, n, _resolve_sketch(sketch_size, n), sketch_key, dtype)
+            failed = ny.shift_grown
             if solver == "nystrom":
                 u = ny.solve(zeta, damping)
             else:

@@ -1,0 +1,431 @@
+"""Optimizers against dense float64 references (issue 3)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from pinn_ng import models, optim, problems
+from pinn_ng.optim import solvers
+from pinn_ng.optim.common import LINE_SEARCH_GRID_EXPONENTS, grid_line_search
+
+
+def fresh_seed():
+    return int(np.random.SeedSequence().entropy % 2**31)
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """poisson2d, net 2-6-5-1 (P = 59), fast and plain residual functions."""
+    problem = problems.get("poisson2d")
+    init, apply = models.mlp((2, 6, 5, 1))
+    fast = problem.residual_fn(apply)
+
+    def plain(params, batch):
+        return problem.residuals(lambda x: apply(params, x), batch)
+
+    return problem, init, apply, fast, plain
+
+
+_DENSE = {}
+
+
+def dense_jacobian(plain, params, batch):
+    """Reference (r, J, θ) by forward-mode autodiff of the plain batched residual."""
+    flat, unravel = ravel_pytree(params)
+    if plain not in _DENSE:  # compile once per residual function
+
+        def ref(w, b):
+            return plain(unravel(w), b), jax.jacfwd(lambda v: plain(unravel(v), b))(w)
+
+        _DENSE[plain] = jax.jit(ref)
+    r, jac = _DENSE[plain](flat, batch)
+    return np.asarray(r), np.asarray(jac), np.asarray(flat)
+
+
+def one_update(opt, params, batch):
+    state = opt.init(params)
+    updates, state = opt.update(None, state, params, batch=batch)
+    return np.asarray(ravel_pytree(updates)[0]), state
+
+
+@pytest.mark.parametrize("n_interior,n_boundary", [(80, 20), (20, 10)], ids=["N>P", "N<P"])
+@pytest.mark.parametrize("kind", ["fast", "plain"])
+def test_engd_equals_engd_woodbury(tiny, n_interior, n_boundary, kind):
+    problem, init, apply, fast, plain = tiny
+    seed = fresh_seed()
+    k_p, k_b = jax.random.split(jax.random.PRNGKey(seed))
+    params = init(k_p)
+    batch = problem.sample(k_b, n_interior, n_boundary)
+    rfn = fast if kind == "fast" else plain
+    damping = 1e-3
+    u_param, _ = one_update(optim.engd(rfn, damping, learning_rate=1.0), params, batch)
+    u_wood, _ = one_update(optim.engd_woodbury(rfn, damping, learning_rate=1.0), params, batch)
+    # dense reference: φ = (JᵀJ + λI)⁻¹ Jᵀ r
+    r, jac, _ = dense_jacobian(plain, params, batch)
+    phi = np.linalg.solve(jac.T @ jac + damping * np.eye(jac.shape[1]), jac.T @ r)
+    assert rel_err(u_param, -phi) <= 1e-8, seed
+    assert rel_err(u_wood, -phi) <= 1e-8, seed
+    assert rel_err(u_wood, u_param) <= 1e-8, seed
+
+
+def test_engd_and_woodbury_line_search_agree(tiny):
+    problem, init, apply, fast, plain = tiny
+    params = init(jax.random.PRNGKey(fresh_seed()))
+    batch = problem.sample(jax.random.PRNGKey(fresh_seed()), 40, 20)
+    u1, s1 = one_update(optim.engd(fast, 1e-3), params, batch)
+    u2, s2 = one_update(optim.engd_woodbury(fast, 1e-3), params, batch)
+    assert float(s1.diagnostics.step_size) == float(s2.diagnostics.step_size) > 0
+    assert rel_err(u2, u1) <= 1e-8
+
+
+def test_engd_ema_and_identity_init(tiny):
+    problem, init, apply, fast, plain = tiny
+    params = init(jax.random.PRNGKey(fresh_seed()))
+    batch = problem.sample(jax.random.PRNGKey(fresh_seed()), 30, 10)
+    r, jac, _ = dense_jacobian(plain, params, batch)
+    lam, beta = 1e-4, 0.6
+    u, state = one_update(optim.engd(fast, lam, learning_rate=1.0, ema=beta, init_identity=True),
+                          params, batch)
+    gram = beta * np.eye(jac.shape[1]) + (1 - beta) * jac.T @ jac
+    phi = np.linalg.solve(gram + lam * np.eye(jac.shape[1]), jac.T @ r)
+    assert rel_err(u, -phi) <= 1e-8
+    np.testing.assert_allclose(np.asarray(state.gramian), gram, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("learning_rate", [0.3, "line_search"])
+def test_spring_without_momentum_is_engd_woodbury(tiny, learning_rate):
+    problem, init, apply, fast, plain = tiny
+    params = init(jax.random.PRNGKey(fresh_seed()))
+    batch = problem.sample(jax.random.PRNGKey(fresh_seed()), 30, 10)
+    u_s, _ = one_update(optim.spring(fast, 1e-4, 0.0, learning_rate=learning_rate,
+                                     norm_constraint=None), params, batch)
+    u_w, _ = one_update(optim.engd_woodbury(fast, 1e-4, learning_rate=learning_rate), params,
+                        batch)
+    assert rel_err(u_s, u_w) <= 1e-12
+
+
+@pytest.mark.parametrize("kind", ["fast", "plain"])
+def test_spring_matches_algorithm_1(tiny, kind):
+    """Several SPRING steps, fresh batch each, against a hand-written NumPy Algorithm 1."""
+    problem, init, apply, fast, plain = tiny
+    seed = fresh_seed()
+    params = init(jax.random.PRNGKey(seed))
+    lam, mu, eta0, c = 1e-4, 0.8, 0.5, 1e-2
+    rfn = fast if kind == "fast" else plain
+    opt = optim.spring(rfn, lam, mu, learning_rate=eta0, norm_constraint=c)
+    state = opt.init(params)
+    theta = np.asarray(ravel_pytree(params)[0])
+    unravel = ravel_pytree(params)[1]
+    phi = np.zeros_like(theta)
+    capped = 0
+    for k in range(1, 6):
+        batch = problem.sample(jax.random.fold_in(jax.random.PRNGKey(seed), k), 25, 10)
+        # library
+        updates, state = opt.update(None, state, params, batch=batch)
+        params = optax.apply_updates(params, updates)
+        # reference
+        r, jac, _ = dense_jacobian(plain, unravel(jnp.asarray(theta)), batch)
+        zeta = r - mu * jac @ phi
+        u = np.linalg.solve(jac @ jac.T + lam * np.eye(len(r)), zeta)
+        phi = jac.T @ u + mu * phi
+        direction = phi / np.sqrt(1 - mu ** (2 * k))
+        eta = min(eta0, np.sqrt(c) / np.linalg.norm(direction))
+        capped += eta < eta0
+        theta = theta - eta * direction
+        np.testing.assert_allclose(float(state.diagnostics.step_size), eta, rtol=1e-9)
+    assert capped >= 1  # the norm constraint was exercised
+    assert rel_err(ravel_pytree(params)[0], theta) <= 1e-9, seed
+    assert rel_err(state.phi, phi) <= 1e-8, seed
+
+
+def random_psd(n, rank, seed, decay=1.0):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((n, rank)) * np.exp(-decay * np.arange(rank) / rank)
+    return a @ a.T
+
+
+@pytest.mark.parametrize("variant", ["nystrom", "nystrom_gpu"])
+def test_nystrom_full_rank_is_exact(variant):
+    n, seed = 60, fresh_seed()
+    k = random_psd(n, n, seed)
+    g = np.random.default_rng(seed + 1).standard_normal(n)
+    lam = 1e-3
+    exact = np.linalg.solve(k + lam * np.eye(n), g)
+    kj = jnp.asarray(k)
+    key = jax.random.PRNGKey(seed)
+    if variant == "nystrom":
+        ny = solvers.nystrom_standard(lambda v: kj @ v, n, n, key, jnp.float64)
+        u = ny.solve(jnp.asarray(g), lam)
+    else:
+        ny = solvers.nystrom_gpu(lambda v: kj @ v, n, n, key, jnp.float64, lam)
+        u = ny.solve(jnp.asarray(g))
+    assert rel_err(u, exact) <= 1e-8, seed
+
+
+def test_nystrom_low_rank_kernel_exact_at_its_rank():
+    """A rank-r kernel is captured exactly by a sketch of size >= r (standard variant)."""
+    n, r, seed = 50, 12, fresh_seed()
+    k = random_psd(n, r, seed)
+    g = np.random.default_rng(seed).standard_normal(n)
+    lam = 1e-2
+    ny = solvers.nystrom_standard(lambda v: jnp.asarray(k) @ v, n, 20, jax.random.PRNGKey(seed),
+                                  jnp.float64)
+    exact = np.linalg.solve(k + lam * np.eye(n), g)
+    assert rel_err(ny.solve(jnp.asarray(g), lam), exact) <= 1e-8
+    eig = np.linalg.eigvalsh(k)
+    eig = np.clip(eig, 0, None)
+    assert float(ny.effective_dimension(lam)) == pytest.approx(np.sum(eig / (eig + lam)),
+                                                               rel=1e-8)
+
+
+def test_pcg_converges_to_exact_solve():
+    """Nyström-PCG converges to the exact solve; a sketch that captures the spectrum makes the
+    preconditioned system well conditioned, so few iterations suffice."""
+    n, seed = 80, fresh_seed()
+    k = random_psd(n, 25, seed) + random_psd(n, n, seed + 1) * 1e-6
+    g = np.random.default_rng(seed).standard_normal(n)
+    lam = 1e-4
+    kj = jnp.asarray(k)
+    pre = solvers.nystrom_standard(lambda v: kj @ v, n, 30, jax.random.PRNGKey(seed), jnp.float64)
+    exact = np.linalg.solve(k + lam * np.eye(n), g)
+    sketch_only = rel_err(pre.solve(jnp.asarray(g), lam), exact)
+    u2 = solvers.pcg(lambda v: kj @ v, jnp.asarray(g), lam, pre, maxiter=2)
+    u = solvers.pcg(lambda v: kj @ v, jnp.asarray(g), lam, pre, maxiter=60, tol=1e-15)
+    assert rel_err(u, exact) <= 1e-8, seed
+    assert rel_err(u, exact) < rel_err(u2, exact) < sketch_only, seed
+
+
+@pytest.mark.parametrize("solver", ["nystrom", "nystrom_gpu", "nystrom_pcg"])
+def test_optimizer_nystrom_at_full_sketch_matches_cholesky(tiny, solver):
+    problem, init, apply, fast, plain = tiny
+    params = init(jax.random.PRNGKey(fresh_seed()))
+    batch = problem.sample(jax.random.PRNGKey(fresh_seed()), 20, 10)  # N = 30 < P = 59
+    extra = {"pcg_iters": 200} if solver == "nystrom_pcg" else {}
+    u_ref, _ = one_update(optim.engd_woodbury(fast, 1e-3, learning_rate=1.0), params, batch)
+    u_ny, _ = one_update(optim.engd_woodbury(fast, 1e-3, learning_rate=1.0, solver=solver,
+                                             sketch_size=30, **extra), params, batch)
+    assert rel_err(u_ny, u_ref) <= 1e-7
+
+
+def test_cholesky_failure_uses_documented_fallback():
+    n = 40
+    rng = np.random.default_rng(fresh_seed())
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    sigma = np.concatenate([np.logspace(0, -3, n - 5), np.zeros(4), [-1e-2]])  # indefinite
+    k = (q * sigma) @ q.T
+    g = rng.standard_normal(n)
+    sol = solvers.cholesky_solve(jnp.asarray(k), 0.0, jnp.asarray(g), effective_dimension=True)
+    assert float(sol.failed) == 1.0
+    keep = sigma > 1e-12
+    ref = q[:, keep] @ ((q[:, keep].T @ g) / sigma[keep])
+    assert rel_err(sol.u, ref) <= 1e-8
+    assert float(sol.effective_dimension) == pytest.approx(keep.sum(), rel=1e-10)
+    ok = solvers.cholesky_solve(jnp.asarray(k + 0.1 * np.eye(n)), 1e-3, jnp.asarray(g))
+    assert float(ok.failed) == 0.0
+
+
+def test_effective_dimension_matches_eigenvalues(tiny):
+    problem, init, apply, fast, plain = tiny
+    params = init(jax.random.PRNGKey(fresh_seed()))
+    batch = problem.sample(jax.random.PRNGKey(fresh_seed()), 25, 10)
+    lam = 1e-5
+    _, state = one_update(optim.engd_woodbury(fast, lam, track_effective_dimension=True),
+                          params, batch)
+    _, jac, _ = dense_jacobian(plain, params, batch)
+    sigma = np.linalg.eigvalsh(jac @ jac.T)
+    d_eff = np.sum(sigma / (sigma + lam))
+    got = optim.diagnostics(state)["effective_dimension"]
+    assert float(got) == pytest.approx(d_eff, rel=1e-9)
+    assert 0 < float(got) <= 35
+
+
+def test_grid_line_search_picks_argmin_and_no_step_uphill():
+    rng = np.random.default_rng(fresh_seed())
+    target = jnp.asarray(rng.standard_normal(7))
+    flat = jnp.asarray(rng.standard_normal(7))
+
+    def loss(w):
+        return jnp.sum((w - target) ** 2) + 0.1 * jnp.sum(jnp.sin(3 * w))
+
+    direction = 5.0 * (flat - target)
+    eta, losses = grid_line_search(loss, flat, direction, loss(flat))
+    etas = 2.0 ** np.asarray(LINE_SEARCH_GRID_EXPONENTS, float)
+    brute = np.array([float(loss(flat - e * direction)) for e in etas])
+    np.testing.assert_allclose(np.asarray(losses), brute, rtol=1e-14)
+    assert float(eta) == etas[np.argmin(brute)]
+    assert len(etas) == 31 and etas[0] == 2.0**-30 and etas[-1] == 1.0
+    eta_up, _ = grid_line_search(loss, flat, -(flat - target) * 1e-3, loss(flat) - 1.0)
+    assert float(eta_up) == 0.0
+
+
+def test_line_search_no_step_leaves_params(tiny):
+    """At the exact minimiser of a batch's loss nothing can lower it: no step is taken."""
+    problem, init, apply, fast, plain = tiny
+    params = init(jax.random.PRNGKey(0))
+    batch = problem.sample(jax.random.PRNGKey(1), 20, 10)
+    # zero-residual function: loss 0, any step keeps it 0 -> not lower -> η = 0
+    zero = lambda p, b: 0.0 * plain(p, b)  # noqa: E731
+    u, state = one_update(optim.engd_woodbury(zero, 1e-3), params, batch)
+    assert float(state.diagnostics.step_size) == 0.0
+    assert np.all(u == 0.0)
+
+
+def test_nonfinite_residual_never_reaches_params(tiny):
+    problem, init, apply, fast, plain = tiny
+    params = init(jax.random.PRNGKey(0))
+    batch = problem.sample(jax.random.PRNGKey(1), 20, 10)
+    bad = lambda p, b: plain(p, b).at[0].multiply(jnp.nan)  # noqa: E731
+    for opt in (optim.engd_woodbury(bad, 1e-3, learning_rate=0.1),
+                optim.spring(bad, 1e-3, 0.5, learning_rate=0.1),
+                optim.engd(bad, 1e-3, learning_rate=0.1)):
+        u, state = one_update(opt, params, batch)
+        diag = optim.diagnostics(state)
+        assert np.all(np.isfinite(u)) and np.all(u == 0.0)
+        assert float(diag["nonfinite"]) == 1.0
+        assert not np.isfinite(float(diag["loss"]))  # reported
+
+
+def test_blocked_kernel_matches_dense(tiny):
+    problem, init, apply, fast, plain = tiny
+    params = init(jax.random.PRNGKey(fresh_seed()))
+    batch = problem.sample(jax.random.PRNGKey(fresh_seed()), 23, 9)
+    kw = dict(learning_rate=0.5, norm_constraint=None)
+    u_d, _ = one_update(optim.spring(fast, 1e-4, 0.0, **kw), params, batch)
+    u_b, _ = one_update(optim.spring(fast, 1e-4, 0.0, kernel="blocked", block_size=7, **kw),
+                        params, batch)
+    assert rel_err(u_b, u_d) <= 1e-9
+    from pinn_ng.optim.curvature import kernel_blocked, kernel_lower_from_jacobian
+    _, jac = fast.residual_and_jacobian(params, batch)
+    k_ref = np.asarray(jac @ jac.T)
+    np.testing.assert_allclose(np.tril(np.asarray(kernel_blocked(fast, params, batch, 5))),
+                               np.tril(k_ref), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(np.asarray(kernel_lower_from_jacobian(jac, 3)), k_ref,
+                               rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(damping=-1.0), "damping"),
+        (dict(damping=float("nan")), "damping"),
+        (dict(damping=1e-3, momentum=1.0), "momentum"),
+        (dict(damping=1e-3, momentum=-0.1), "momentum"),
+        (dict(damping=1e-3, momentum=0.5, solver="lu"), "cholesky"),
+        (dict(damping=1e-3, momentum=0.5, solver="nystrom", sketch_size=0), "sketch_size"),
+        (dict(damping=1e-3, momentum=0.5, solver="nystrom"), "sketch_size"),
+        (dict(damping=1e-3, momentum=0.5, learning_rate="armijo"), "line_search"),
+        (dict(damping=1e-3, momentum=0.5, learning_rate=-1.0), "positive"),
+        (dict(damping=1e-3, momentum=0.5, norm_constraint=0.0), "norm_constraint"),
+        (dict(damping=1e-3, momentum=0.5, kernel="sparse"), "dense"),
+    ],
+)
+def test_bad_hyperparameters_fail_at_construction(tiny, kwargs, match):
+    fast = tiny[3]
+    kwargs.setdefault("momentum", 0.5)
+    with pytest.raises(ValueError, match=match):
+        optim.spring(fast, **kwargs)
+
+
+def test_sketch_larger_than_batch(tiny):
+    problem, init, apply, fast, plain = tiny
+    params = init(jax.random.PRNGKey(0))
+    batch = problem.sample(jax.random.PRNGKey(1), 10, 5)
+    opt = optim.engd_woodbury(fast, 1e-3, solver="nystrom_gpu", sketch_size=16)
+    with pytest.raises(ValueError, match="exceeds the batch size N = 15"):
+        opt.update(None, opt.init(params), params, batch=batch)
+
+
+def test_registry_errors():
+    with pytest.raises(KeyError) as err:
+        optim.make("engd_w", None)
+    for name in optim.names():
+        assert name in str(err.value)
+    with pytest.raises(NotImplementedError, match="KFAC"):
+        optim.make("kfac", None)
+    assert optim.uses_grads("adam") and not optim.uses_grads("spring")
+
+
+def _train(problem, apply, params, opt, uses_grads, steps, n_i, n_b, seed=0):
+    rf = problem.residual_fn(apply)
+    state = opt.init(params)
+
+    @jax.jit
+    def step(params, state, key):
+        batch = problem.sample(key, n_i, n_b)
+        grads = jax.grad(lambda p: 0.5 * jnp.sum(rf(p, batch) ** 2))(params) if uses_grads else None
+        updates, state = opt.update(grads, state, params, batch=batch)
+        return optax.apply_updates(params, updates), state
+
+    for k in range(steps):
+        params, state = step(params, state, jax.random.fold_in(jax.random.PRNGKey(seed), k))
+    return params
+
+
+def test_poisson2d_engd_w_and_spring_beat_adam():
+    """Small net 2-16-16-1 (P = 337), N = 200 + 50 in float64, 300 steps each."""
+    problem = problems.get("poisson2d")
+    init, apply = models.mlp((2, 16, 16, 1))
+    params = init(jax.random.PRNGKey(1))
+    rf = problem.residual_fn(apply)
+    steps = 300
+    l2 = {}
+    for name, opt in {
+        "engd_woodbury": optim.engd_woodbury(rf, 1e-10),
+        "spring": optim.spring(rf, 1e-10, 0.5),
+        "adam": optim.adam(rf, 1e-3),
+    }.items():
+        trained = _train(problem, apply, params, opt, optim.uses_grads(name), steps, 200, 50)
+        l2[name] = problem.errors(apply, trained)["l2"]
+    assert l2["engd_woodbury"] <= 1e-5, l2
+    assert l2["spring"] <= 1e-5, l2
+    assert l2["adam"] > 1e-5, l2
+
+
+SMOKE = {
+    "sgd": dict(learning_rate=1e-6, momentum=0.0),  # small: the 100d loss is ~1e4
+    "adam": dict(learning_rate=1e-3),
+    "lbfgs": dict(),
+    "hessian_free": dict(cg_iters=10),
+    "engd": dict(damping=1e-6),
+    "engd_woodbury": dict(damping=1e-6),
+    "spring": dict(damping=1e-6, momentum=0.5),
+}
+
+
+def _apply(opt, uses_grads, grad, params, state, batch):
+    g = grad(params) if uses_grads else None
+    updates, state = opt.update(g, state, params, batch=batch)
+    return optax.apply_updates(params, updates), state
+
+
+@pytest.mark.parametrize("problem_name", problems.names())
+def test_smoke_every_optimizer_every_problem(problem_name):
+    """Each optimizer, 3 steps on a fixed small batch: finite, lower loss."""
+    problem = problems.get(problem_name)
+    widths = (problem.input_dim, 8, 8, 1)
+    init, apply = models.mlp(widths)
+    params0 = init(jax.random.PRNGKey(2))
+    rf = problem.residual_fn(apply)
+    batch = problem.sample(jax.random.PRNGKey(3), 24, 12)
+    loss = jax.jit(lambda p: 0.5 * jnp.sum(rf(p, batch) ** 2))
+    grad = jax.grad(lambda p: 0.5 * jnp.sum(rf(p, batch) ** 2))
+    loss0 = float(loss(params0))
+    assert np.isfinite(loss0)
+    for name, hp in SMOKE.items():
+        opt = optim.make(name, rf, **hp)
+        state, params = opt.init(params0), params0
+        step = jax.jit(lambda p, s, opt=opt, ug=optim.uses_grads(name): _apply(opt, ug, grad, p, s,
+                                                                              batch))
+        for _ in range(3):
+            params, state = step(params, state)
+        final = float(loss(params))
+        assert np.isfinite(final), name
+        assert final < loss0, (name, loss0, final)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -137,18 +138,18 @@ def _train(optimizer, diagnostics=lambda s: {}, uses_grads=True, **kw):
 
 
 def test_train_rows_budget_and_timings():
-    res = _train(optax.with_extra_args_support(optax.adam(1e-2)), max_steps=7, eval_every=3)
-    assert [r["step"] for r in res.rows] == [0, 3, 6, 7]
-    assert res.steps == 7 and res.stopped_by == "max_steps" and not res.diverged
+    res = _train(optax.with_extra_args_support(optax.adam(1e-2)), max_steps=None,
+                 max_seconds=0.3, eval_every=3)
+    assert res.stopped_by == "max_seconds" and res.seconds >= 0.3 and not res.diverged
+    steps = [r["step"] for r in res.rows]
+    assert steps[0] == 0 and steps[-1] == res.steps
+    assert all(s % 3 == 0 for s in steps[:-1]) and steps == sorted(set(steps))
     times = [r["time"] for r in res.rows]
     assert times[0] == 0.0 and all(b >= a for a, b in zip(times, times[1:]))
     assert res.seconds == times[-1] and res.compile_seconds > 0
     for row in res.rows:
         assert set(train.BASE_COLUMNS) <= set(row)
         assert np.isfinite(row["loss"]) and np.isfinite(row["l2"])
-    res = _train(optax.with_extra_args_support(optax.adam(1e-2)), max_steps=None,
-                 max_seconds=0.05)
-    assert res.stopped_by == "max_seconds" and res.seconds >= 0.05
 
 
 def test_train_stops_on_divergence():
@@ -247,9 +248,10 @@ def test_killed_run_leaves_no_record_and_rerun_completes(smoke):
     assert not (runs_dir / victim / "meta.json").exists()
     assert not list((runs_dir / victim).glob("*"))  # no temporary files either
 
-    dry = snakemake(work, "-n", *PRESETS["smoke"]).stdout
-    assert victim in dry
-    assert not any(rid in dry for rid in plan.runs if rid != victim)
+    proc = snakemake(work, "-n", *PRESETS["smoke"])
+    dry = proc.stdout + proc.stderr
+    assert f"run_id={victim}" in dry
+    assert re.search(r"^run\s+1\s*$", dry, re.M), dry  # only the victim is redone
     snakemake(work, *PRESETS["smoke"])
     assert records.is_complete(runs_dir / victim)
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # finished ones untouched

@@ -44,7 +44,7 @@ def load(results_dir) -> dict:
     for name in ("curves", "summary"):
         for col in ("solver", "reason"):
             if col in tables[name]:
-                tables[name][col] = tables[name][col].fillna("").astype(str)
+                tables[name][col] = ["" if pd.isna(v) else str(v) for v in tables[name][col]]
     return tables
 
 

@@ -163,6 +163,8 @@ def fig_convergence(tables, plt, sns, palette, problem):
                                              "excluded)"), (axes[1], "step", "steps")):
         _line(ax, sns, data, x, "l2", palette)
         ax.set(yscale="log", xlabel=xlabel, ylabel="L2 error (RMS)")
+        if x == "step":  # first-order methods take 100× more steps: symmetric log axis
+            ax.set_xscale("symlog", linthresh=10)
         ax.legend(title=None, fontsize=7)
     ns = sorted(set(summ.N))
     ps = sorted(set(summ.P))

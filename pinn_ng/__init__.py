@@ -5,6 +5,7 @@ paper's float64 setting (the default dtype of every function here).
 """
 
 from . import metrics, models, operators, optim, problems
+from .blas import limit_blas_threads
 from .precision import PrecisionError, enable_x64, x64_enabled
 
 __version__ = "0.1.0"
@@ -12,6 +13,7 @@ __version__ = "0.1.0"
 __all__ = [
     "PrecisionError",
     "enable_x64",
+    "limit_blas_threads",
     "metrics",
     "models",
     "operators",

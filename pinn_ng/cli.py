@@ -228,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from .blas import limit_blas_threads
+
+    limit_blas_threads(1)  # OpenBLAS threads otherwise spin against XLA's (pinn_ng/blas.py)
     return args.func(args)
 
 

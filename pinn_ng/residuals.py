@@ -27,16 +27,26 @@ def _is_traced(tree) -> bool:
     return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(tree))
 
 
+@jax.jit
+def _leaves_finite(params):
+    return jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(params)])
+
+
 def check_finite_params(params) -> None:
     """Raise ``ValueError`` if a (concrete) parameter leaf holds NaN or inf.  No-op under tracing.
 
-    The check runs on host copies (NumPy), so it never stages operations into a surrounding
-    trace (e.g. a ``while_loop`` body closing over concrete parameters).
+    One fused reduction on the device and a transfer of one flag per leaf (no copy of the
+    parameters).  Inside a trace (e.g. a loop body closing over concrete parameters) the flags
+    are abstract and the check is skipped.
     """
     if _is_traced(params):
         return
-    leaves = jax.tree_util.tree_leaves(params)
-    bad = [i for i, leaf in enumerate(leaves) if not np.all(np.isfinite(np.asarray(leaf)))]
+    try:
+        flags = np.asarray(_leaves_finite(params))
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        # staged into an enclosing trace: the flags are abstract
+        return
+    bad = [int(i) for i in np.flatnonzero(~flags)]
     if bad:
         raise ValueError(f"parameters contain non-finite values (NaN/inf) in leaves {bad}")
 

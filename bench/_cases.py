@@ -108,6 +108,7 @@ class Net(NamedTuple):
 def build_net(problem_name: str) -> Net:
     """float64 (switched on here, explicitly), the paper net of ``problem_name``, its params."""
     pinn_ng.enable_x64()
+    pinn_ng.limit_blas_threads(1)  # OpenBLAS threads otherwise spin against XLA's
     problem = problems.get(problem_name)
     init, apply = models.mlp(problem.widths)
     return Net(problem, apply, init(jax.random.PRNGKey(MODEL_SEED)))

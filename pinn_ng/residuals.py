@@ -51,6 +51,22 @@ def check_finite_params(params) -> None:
         raise ValueError(f"parameters contain non-finite values (NaN/inf) in leaves {bad}")
 
 
+def matrix_free_products(residual: Callable):
+    """``(jvp, vjp)`` of any ``residual(params, batch) -> r`` on flat vectors (ravel order):
+    ``jvp(params, batch, v) = J v`` (one forward-mode pass), ``vjp(params, batch, u) = Jᵀ u``
+    (one reverse-mode pass of the whole batch)."""
+
+    def jvp(params, batch, v):
+        _, unravel = ravel_pytree(params)
+        return jax.jvp(lambda p: residual(p, batch), (params,), (unravel(v),))[1]
+
+    def vjp(params, batch, u):
+        _, pullback = jax.vjp(lambda p: residual(p, batch), params)
+        return ravel_pytree(pullback(u)[0])[0]
+
+    return jvp, vjp
+
+
 def flatten_rows(tree, n: int):
     """Stack a pytree of per-row gradients (leading axis n) into an (n, P) matrix, ravel order."""
     return jnp.concatenate([leaf.reshape(n, -1) for leaf in jax.tree_util.tree_leaves(tree)],
@@ -104,14 +120,7 @@ class ResidualFn:
             r_b, j_b = rows(params, batch.boundary, "boundary", 1.0 / math.sqrt(n_b))
             return jnp.concatenate([r_i, r_b]), jnp.concatenate([j_i, j_b], axis=0)
 
-        def jvp(params, batch, v):
-            _, unravel = ravel_pytree(params)
-            return jax.jvp(lambda p: residual(p, batch), (params,), (unravel(v),))[1]
-
-        def vjp(params, batch, u):
-            _, pullback = jax.vjp(lambda p: residual(p, batch), params)
-            return ravel_pytree(pullback(u)[0])[0]
-
+        jvp, vjp = matrix_free_products(residual)
         self._residual = jax.jit(residual)
         self._residual_and_jacobian = jax.jit(residual_and_jacobian)
         self._jvp = jax.jit(jvp)

@@ -50,6 +50,20 @@ def grid_line_search(loss_of_flat: Callable, flat, direction, loss0):
     return eta, losses
 
 
+def step_size(learning_rate, residual: Callable, unravel: Callable, batch, flat, direction,
+              loss0):
+    """η for θ ← θ − η·direction: the fixed ``learning_rate``, or the grid line search of the
+    loss ½‖residual(θ, batch)‖² on the current batch when it is ``"line_search"``."""
+    if learning_rate != "line_search":
+        return jnp.asarray(learning_rate, flat.dtype)
+
+    def loss_of_flat(w):
+        res = residual(unravel(w), batch)
+        return 0.5 * jnp.dot(res, res)
+
+    return grid_line_search(loss_of_flat, flat, direction, loss0)[0]
+
+
 def check_damping(damping) -> float:
     try:
         value = float(damping)

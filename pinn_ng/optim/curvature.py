@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from ..residuals import ResidualFn
+from ..residuals import ResidualFn, matrix_free_products
 
 KERNELS = ("dense", "blocked")
 
@@ -56,14 +56,7 @@ def as_curvature(residual_fn) -> Curvature:
         jac = jax.jacrev(lambda w: residual_fn(unravel(w), batch))(flat)
         return r, jac
 
-    def jvp(params, batch, v):
-        _, unravel = ravel_pytree(params)
-        return jax.jvp(lambda p: residual_fn(p, batch), (params,), (unravel(v),))[1]
-
-    def vjp(params, batch, u):
-        _, pullback = jax.vjp(lambda p: residual_fn(p, batch), params)
-        return ravel_pytree(pullback(u)[0])[0]
-
+    jvp, vjp = matrix_free_products(residual_fn)
     return Curvature(residual_fn, residual_and_jacobian, jvp, vjp, False, residual_fn)
 
 

@@ -16,7 +16,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from .common import (Diagnostics, check_damping, check_learning_rate, empty_diagnostics,
-                     grid_line_search, safe_direction)
+                     safe_direction, step_size)
 from .curvature import as_curvature
 from .solvers import cholesky_solve
 
@@ -66,14 +66,7 @@ def engd(residual_fn, damping, learning_rate="line_search", ema: float = 0.0,
         sol = cholesky_solve(gram, damping, jac.T @ r)
         direction, nonfinite = safe_direction(sol.u)
         phi_norm = jnp.linalg.norm(direction)
-        if learning_rate == "line_search":
-            def loss_of_flat(w):
-                res = curv.residual(unravel(w), batch)
-                return 0.5 * jnp.dot(res, res)
-
-            eta, _ = grid_line_search(loss_of_flat, flat, direction, loss0)
-        else:
-            eta = jnp.asarray(learning_rate, flat.dtype)
+        eta = step_size(learning_rate, curv.residual, unravel, batch, flat, direction, loss0)
         diag = Diagnostics(loss0, eta, phi_norm, None, sol.failed, nonfinite)
         new_state = EngdState(gram if ema > 0.0 else None, state.count + 1, diag)
         return unravel(-eta * direction), new_state

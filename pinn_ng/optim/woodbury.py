@@ -27,7 +27,7 @@ from jax.flatten_util import ravel_pytree
 
 from ..residuals import ResidualFn
 from .common import (Diagnostics, check_damping, check_learning_rate, empty_diagnostics,
-                     grid_line_search, safe_direction)
+                     safe_direction, step_size)
 from .curvature import KERNELS, as_curvature, kernel_blocked, kernel_lower_from_jacobian
 from .solvers import SOLVERS, cholesky_solve, nystrom_gpu, nystrom_standard, pcg
 
@@ -182,17 +182,10 @@ def sample_space(
         phi = jnp.where(nonfinite > 0, state.phi, phi)
         phi_norm = jnp.linalg.norm(direction)
 
-        if learning_rate == "line_search":
-            def loss_of_flat(w):
-                res = curv.residual(unravel(w), batch)
-                return 0.5 * jnp.dot(res, res)
-
-            eta, _ = grid_line_search(loss_of_flat, flat, direction, loss0)
-        else:
-            eta = jnp.asarray(learning_rate, dtype)
-            if norm_constraint is not None:
-                cap = math.sqrt(norm_constraint) / jnp.maximum(phi_norm, jnp.finfo(dtype).tiny)
-                eta = jnp.minimum(eta, cap)
+        eta = step_size(learning_rate, curv.residual, unravel, batch, flat, direction, loss0)
+        if learning_rate != "line_search" and norm_constraint is not None:
+            cap = math.sqrt(norm_constraint) / jnp.maximum(phi_norm, jnp.finfo(dtype).tiny)
+            eta = jnp.minimum(eta, cap)
 
         diag = Diagnostics(loss0, eta, phi_norm, d_eff, failed, nonfinite)
         new_state = SampleSpaceState(phi=phi, count=count, key=key, diagnostics=diag)

@@ -145,7 +145,7 @@ def fig_speedup(tables, plt, sns, palette):
                 ax.legend(title=None, fontsize=7)
             ax.set(xscale="log", yscale="log", xlabel="parameters P",
                    ylabel="seconds per step", title=f"{prob}, N = {n0:,}")
-    fig.suptitle("seconds per step: ENGD (P×P Gramian) vs sample-space (N×N kernel) methods",
+    fig.suptitle("seconds per step: ENGD (P×P Gramian)\nvs sample-space (N×N kernel) methods",
                  fontsize=10)
     fig.tight_layout()
     return fig
@@ -165,6 +165,7 @@ def fig_convergence(tables, plt, sns, palette, problem):
         ax.set(yscale="log", xlabel=xlabel, ylabel="L2 error (RMS)")
         if x == "step":  # first-order methods take 100× more steps: symmetric log axis
             ax.set_xscale("symlog", linthresh=10)
+            ax.set_xlim(left=0)  # steps are >= 0: no negative half of the symlog axis
         ax.legend(title=None, fontsize=7)
     ns = sorted(set(summ.N))
     ps = sorted(set(summ.P))
@@ -186,8 +187,8 @@ def fig_nystrom(tables, plt, sns, palette, problem):
             ax.legend(title=None, fontsize=7)
         spp = summ[summ.N == n].groupby("display").seconds_per_step.median()
         ax.set(yscale="log", xlabel="wall-clock time [s]", ylabel="L2 error (RMS)",
-               title=f"N = {n:,}  (s/step: " + ", ".join(
-                   f"{k} {v:.2g}" for k, v in spp.items()) + ")")
+               title=f"N = {n:,}\ns/step: " + ", ".join(
+                   f"{k} {v:.2g}" for k, v in spp.items()))
         ax.title.set_fontsize(7)
     fig.suptitle(f"{problem}: exact vs randomized Nyström kernels")
     fig.tight_layout()

@@ -96,12 +96,6 @@ def kernel_lower_from_jacobian(jac, n_blocks: int | None = None, mirror: bool = 
     return jnp.block(rows)
 
 
-def symmetrize_lower(k_lower):
-    """Full symmetric matrix from one whose lower triangle is valid."""
-    low = jnp.tril(k_lower)
-    return low + jnp.tril(low, -1).T
-
-
 def kernel_blocked(residual_fn: ResidualFn, params, batch, block_size: int):
     """K = J Jᵀ (lower triangle valid, upper zero) without holding J: memory-lean path.
 

@@ -53,7 +53,7 @@ def cholesky_solve(k_lower, damping, g, effective_dimension: bool = False) -> Ch
         return u, d_eff
 
     def via_eigh(_):
-        k_full = _sym(k_lower)
+        k_full = symmetrize_lower(k_lower)
         k_full = jnp.where(jnp.isfinite(k_full), k_full, 0.0)
         sigma, vecs = jnp.linalg.eigh(k_full)
         sigma = jnp.maximum(sigma, 0.0)
@@ -68,7 +68,8 @@ def cholesky_solve(k_lower, damping, g, effective_dimension: bool = False) -> Ch
     return CholeskySolution(u, 1.0 - ok.astype(a.dtype), d_eff)
 
 
-def _sym(k_lower):
+def symmetrize_lower(k_lower):
+    """Full symmetric matrix from one whose lower triangle is valid."""
     low = jnp.tril(k_lower)
     return low + jnp.tril(low, -1).T
 

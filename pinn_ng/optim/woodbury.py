@@ -25,11 +25,11 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from ..residuals import ResidualFn
 from .common import (Diagnostics, check_damping, check_learning_rate, empty_diagnostics,
                      safe_direction, step_size)
 from .curvature import KERNELS, as_curvature, kernel_blocked, kernel_lower_from_jacobian
-from .solvers import SOLVERS, cholesky_solve, nystrom_gpu, nystrom_standard, pcg
+from .solvers import (SOLVERS, cholesky_solve, nystrom_gpu, nystrom_standard, pcg,
+                      symmetrize_lower)
 
 
 class SampleSpaceState(NamedTuple):
@@ -144,8 +144,7 @@ def sample_space(
                 return curv.vjp(params, batch, u)
 
             def kmatmul(v):
-                low = jnp.tril(k_blk)
-                return low @ v + jnp.tril(low, -1).T @ v
+                return symmetrize_lower(k_blk) @ v
 
             def k_lower():
                 return k_blk
@@ -231,4 +230,4 @@ def spring(residual_fn, damping, momentum, learning_rate="line_search",
                         seed=seed, **options)
 
 
-__all__ = ["engd_woodbury", "spring", "SampleSpaceState", "ResidualFn"]
+__all__ = ["engd_woodbury", "spring", "SampleSpaceState"]

@@ -164,10 +164,15 @@ def test_nystrom_full_rank_is_exact(variant):
     if variant == "nystrom":
         ny = solvers.nystrom_standard(lambda v: kj @ v, n, n, key, jnp.float64)
         u = ny.solve(jnp.asarray(g), lam)
+        tol = 1e-8
     else:
         ny = solvers.nystrom_gpu(lambda v: kj @ v, n, n, key, jnp.float64, lam)
         u = ny.solve(jnp.asarray(g))
-    assert rel_err(u, exact) <= 1e-8, seed
+        # Algorithm 2 keeps the un-orthonormalised Gaussian Ω, whose conditioning (a square
+        # 60 x 60 Gaussian: often 1e3–1e4) amplifies rounding in B = Y_ν C⁻¹: over 300 seeds
+        # the full-rank error was at most 7.9e-7 (median ~1e-10).  A wrong formula is O(1) off.
+        tol = 1e-5
+    assert rel_err(u, exact) <= tol, seed
 
 
 def test_nystrom_low_rank_kernel_exact_at_its_rank():

@@ -16,9 +16,11 @@ argument) on a :class:`pinn_ng.problems.Problem`:
   outputs, because JAX dispatches asynchronously and returns before the work is done.
 - **Evaluation** (``problem.errors``, the paper's RMS L2 on its fixed evaluation set) every
   ``eval_every`` steps and at the end, outside the timed region.
-- **Divergence.** A non-finite loss, non-finite parameters, or a failed factorisation flagged
-  by the optimizer's diagnostics (``factorisation_failed``) ends the run early; the result says
-  ``diverged=True`` and why.
+- **Divergence.** Only a non-finite loss or non-finite parameters end the run early; the
+  result says ``diverged=True`` and why.  Numerical events the optimizer handled (a jittered
+  or eigendecomposition fallback of a Cholesky, a grown Nyström shift, a skipped non-finite
+  direction; :data:`pinn_ng.optim.EVENT_FIELDS`) are diagnostics, not divergence: the loop
+  counts the steps at which each occurred (``TrainResult.events``).
 
 The loop knows nothing about particular optimizers beyond ``pinn_ng.optim.uses_grads`` (does
 the update read the gradient?) and ``pinn_ng.optim.diagnostics`` (loss, step size, …).
@@ -36,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from .optim.common import EVENT_FIELDS
 from .problems import Problem
 from .precision import resolve_dtype
 
@@ -54,6 +57,11 @@ class TrainResult:
     diverged: bool = False
     reason: str | None = None  # why the run diverged, else None
     stopped_by: str = ""  # "max_steps", "max_seconds" or "diverged"
+    #: steps at which each numerical event occurred, e.g. {"jitter_steps": 3, ...}; only the
+    #: events the optimizer reports
+    events: dict = field(default_factory=dict)
+    #: timed seconds of every step, in order (for medians with and without events)
+    step_seconds: list = field(default_factory=list)
     final_params: object = None
 
     @property
@@ -114,7 +122,6 @@ def train(problem: Problem, apply: Callable, params, optimizer, residual_fn: Cal
           n_interior: int | None = None, n_boundary: int | None = None,
           max_steps: int | None = None, max_seconds: float | None = None,
           eval_every: int = 10, data_seed: int = 0, dtype=None,
-          stop_on_factorisation_failure: bool = True,
           progress: bool | None = None, log: Callable | None = None) -> TrainResult:
     """Train ``params`` of ``apply`` on ``problem`` with ``optimizer``; see the module docstring.
 
@@ -189,11 +196,17 @@ def train(problem: Problem, apply: Callable, params, optimizer, residual_fn: Cal
             t = time.perf_counter()
             params, opt_state, out = compiled(params, opt_state, k)
             jax.block_until_ready((params, opt_state, out))
-            elapsed += time.perf_counter() - t
+            dt = time.perf_counter() - t
+            elapsed += dt
             step += 1
+            result.step_seconds.append(dt)
             if not diag_keys:
                 diag_keys = sorted(k for k in out if k not in ("loss", "step_size",
                                                                "params_finite"))
+                result.events = {f"{k}_steps": 0 for k in EVENT_FIELDS if k in out}
+            for k in EVENT_FIELDS:
+                if k in out and _to_float(out[k]) > 0:
+                    result.events[f"{k}_steps"] += 1
             loss = _to_float(out["loss"])
             if step == 1:
                 first["loss"] = loss
@@ -202,9 +215,6 @@ def train(problem: Problem, apply: Callable, params, optimizer, residual_fn: Cal
                 reason = f"non-finite loss ({loss}) at step {step}"
             elif not bool(out["params_finite"]):
                 reason = f"non-finite parameters after step {step}"
-            elif stop_on_factorisation_failure and _to_float(
-                    out.get("factorisation_failed", 0.0)) > 0:
-                reason = f"factorisation failed at step {step}"
             last = (reason is not None
                     or (max_steps is not None and step >= max_steps)
                     or (max_seconds is not None and elapsed >= max_seconds))

@@ -74,6 +74,21 @@ def test_engd_equals_engd_woodbury(tiny, n_interior, n_boundary, kind):
     assert rel_err(u_param, -phi) <= 1e-8, seed
     assert rel_err(u_wood, -phi) <= 1e-8, seed
     assert rel_err(u_wood, u_param) <= 1e-8, seed
+    # the paper's CPU solver for ENGD: minimum-norm least squares of the P x P system
+    u_lstsq, state = one_update(optim.engd(rfn, damping, learning_rate=1.0, solver="lstsq"),
+                                params, batch)
+    assert rel_err(u_lstsq, -phi) <= 1e-8, seed
+    assert "jitter" not in optim.diagnostics(state)
+
+
+def test_engd_lstsq_is_minimum_norm_on_a_singular_system():
+    """λ = 0 and a rank-deficient G: lstsq gives the pseudo-inverse solution (gelsd)."""
+    rng = np.random.default_rng(fresh_seed())
+    a = rng.standard_normal((30, 8))
+    gram = a @ a.T  # 30 x 30, rank 8
+    g = rng.standard_normal(30)
+    u = solvers.lstsq_solve(jnp.asarray(gram), 0.0, jnp.asarray(g))
+    assert rel_err(u, np.linalg.pinv(gram) @ g) <= 1e-9
 
 
 def test_engd_and_woodbury_line_search_agree(tiny):
@@ -221,6 +236,7 @@ def test_optimizer_nystrom_at_full_sketch_matches_cholesky(tiny, solver):
 
 
 def test_cholesky_failure_uses_documented_fallback():
+    """An indefinite K (eigenvalue −1e-2) defeats every jitter: the eigh fallback runs."""
     n = 40
     rng = np.random.default_rng(fresh_seed())
     q, _ = np.linalg.qr(rng.standard_normal((n, n)))
@@ -228,13 +244,74 @@ def test_cholesky_failure_uses_documented_fallback():
     k = (q * sigma) @ q.T
     g = rng.standard_normal(n)
     sol = solvers.cholesky_solve(jnp.asarray(k), 0.0, jnp.asarray(g), effective_dimension=True)
-    assert float(sol.failed) == 1.0
+    assert float(sol.fallback) == 1.0 and float(sol.jitter) == 0.0
     keep = sigma > 1e-12
     ref = q[:, keep] @ ((q[:, keep].T @ g) / sigma[keep])
     assert rel_err(sol.u, ref) <= 1e-8
     assert float(sol.effective_dimension) == pytest.approx(keep.sum(), rel=1e-10)
     ok = solvers.cholesky_solve(jnp.asarray(k + 0.1 * np.eye(n)), 1e-3, jnp.asarray(g))
-    assert float(ok.failed) == 0.0
+    assert float(ok.fallback) == 0.0 and float(ok.jitter) == 0.0
+    ref = np.linalg.solve(k + (0.1 + 1e-3) * np.eye(n), g)
+    assert rel_err(ok.u, ref) <= 1e-12
+
+
+@pytest.mark.parametrize("rep", range(3))
+def test_cholesky_rank_deficient_tiny_damping_solves_nearby_pd_system(rep):
+    """The paper's regime: K = JJᵀ rank-deficient, λ far below K's rounding error (eps·‖K‖).
+
+    K + λI is then not numerically positive definite and its plain Cholesky fails.  The solver
+    must add a jitter δ, tiny against K (≤ 1e-12 · mean(diag K)), and return u solving the
+    positive definite system (K + (λ + δ)I) u = g.  Checked against the dense float64 system:
+    normwise backward error ≤ 1e-14 (measured ~4e-17), i.e. u is the exact solution of a
+    system within 1e-14·‖K‖ of (K + (λ+δ)I).  A forward comparison of u with a dense solution
+    cannot be tight here: cond(K + (λ+δ)I) ≈ 1e16, and a dense eigendecomposition solve of the
+    same float64 K differs from it by ~1e-2 relative (measured; so do K's own rounding errors),
+    so the forward check is that loose bound.  d_eff at λ + δ is equally noisy in its
+    near-null part (rounding eigenvalues ~ eps·‖K‖ ≈ λ + δ): within 0.5 of the dense value.
+    """
+    rng = np.random.default_rng(fresh_seed())
+    n, p, rank = 80, 300, 40
+    u_, _ = np.linalg.qr(rng.standard_normal((n, rank)))
+    v_, _ = np.linalg.qr(rng.standard_normal((p, rank)))
+    jac = (u_ * np.logspace(2.5, -4, rank)) @ v_.T
+    k = jac @ jac.T
+    g = rng.standard_normal(n)
+    lam = 1e-15 * np.mean(np.diag(k))
+    with pytest.raises(np.linalg.LinAlgError):  # the plain factorisation does fail
+        np.linalg.cholesky(k + lam * np.eye(n))
+    sol = solvers.cholesky_solve(jnp.asarray(np.tril(k)), lam, jnp.asarray(g),
+                                 effective_dimension=True)
+    jitter = float(sol.jitter)
+    assert float(sol.fallback) == 0.0
+    assert 0.0 < jitter <= 1e-12 * np.mean(np.diag(k))
+    lam_used = lam + jitter
+    a = k + lam_used * np.eye(n)
+    assert np.all(np.linalg.eigvalsh(a) > 0)  # the nearby system is positive definite (exactly
+    u = np.asarray(sol.u)                       # so: K is PSD and λ + δ > eps·‖K‖)
+    backward = np.linalg.norm(a @ u - g) / (np.linalg.norm(a, 2) * np.linalg.norm(u)
+                                            + np.linalg.norm(g))
+    assert backward <= 1e-14
+    sig, vecs = np.linalg.eigh(a)
+    ref = vecs @ ((vecs.T @ g) / sig)
+    assert rel_err(u, ref) <= 0.2
+    # effective dimension reported at the damping actually used
+    d_ref = np.sum((sig - lam_used) / sig)
+    assert abs(float(sol.effective_dimension) - d_ref) <= 0.5
+
+
+def test_engd_woodbury_reports_jitter_in_diagnostics(tiny):
+    problem, init, apply, fast, plain = tiny
+    params = init(jax.random.PRNGKey(fresh_seed()))
+    batch = problem.sample(jax.random.PRNGKey(fresh_seed()), 60, 20)  # N = 80 > P = 59: K singular
+    _, state = one_update(optim.engd_woodbury(fast, 0.0, learning_rate=1.0), params, batch)
+    diag = optim.diagnostics(state)
+    assert float(diag["cholesky_fallback"]) == 0.0 and float(diag["jitter"]) > 0.0
+    assert float(diag["nonfinite"]) == 0.0
+    _, state = one_update(optim.engd_woodbury(fast, 1e-7, solver="nystrom_gpu",
+                                              sketch_size=10), params, batch)
+    diag = optim.diagnostics(state)
+    assert {"nystrom_shift", "shift_grown"} <= set(diag) and "jitter" not in diag
+    assert float(diag["nystrom_shift"]) > 0.0
 
 
 def test_effective_dimension_matches_eigenvalues(tiny):

@@ -26,7 +26,7 @@ import optax
 
 from . import solvers
 from .baselines import adam, lbfgs, sgd
-from .common import Diagnostics, grid_line_search
+from .common import EVENT_FIELDS, Diagnostics, grid_line_search
 from .engd import engd
 from .hessian_free import hessian_free
 from .woodbury import engd_woodbury, spring
@@ -76,7 +76,9 @@ def uses_grads(name: str) -> bool:
 def diagnostics(state) -> dict:
     """The last step's diagnostics as a dict of scalars ({} for the optax baselines).
 
-    Keys: ``loss``, ``step_size``, ``phi_norm``, ``factorisation_failed``, ``nonfinite``,
+    Keys: ``loss``, ``step_size``, ``phi_norm``, ``nonfinite``, the solver's numerical events
+    (``jitter`` and ``cholesky_fallback`` for Cholesky solves, ``nystrom_shift`` and
+    ``shift_grown`` for the Nyström sketches; see :class:`Diagnostics`),
     ``effective_dimension`` (when tracked) and ``damping`` (Hessian-free's adaptive λ).
     """
     diag = getattr(state, "diagnostics", None)
@@ -89,6 +91,7 @@ def diagnostics(state) -> dict:
 
 
 __all__ = [
+    "EVENT_FIELDS",
     "Diagnostics",
     "adam",
     "diagnostics",

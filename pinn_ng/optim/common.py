@@ -16,23 +16,50 @@ class Diagnostics(NamedTuple):
 
     ``loss``: ½‖r‖² at the parameters before the step, on the step's batch.  ``step_size``: η
     applied (0 when the line search found no decrease).  ``phi_norm``: ‖φ‖ of the direction.
-    ``effective_dimension``: tr(K(K+λI)⁻¹) or None when not tracked.  ``factorisation_failed``:
-    1 if a Cholesky failed and the fallback ran.  ``nonfinite``: 1 if the direction was
-    non-finite and the step was skipped (parameters left unchanged, never NaN).
+    ``effective_dimension``: tr(K(K+λI)⁻¹) or None when not tracked.
+
+    Numerical events, each its own field (None where the solver has no such event):
+
+    - ``jitter``: the extra shift δ added to λ so that the Cholesky of K + λI (or G + λI)
+      succeeded; 0 when λ alone sufficed (see :func:`pinn_ng.optim.solvers.cholesky_solve`).
+    - ``cholesky_fallback``: 1 if every jittered Cholesky failed and the eigendecomposition
+      fallback ran.
+    - ``nystrom_shift``: the shift ν the Nyström sketch used; ``shift_grown``: 1 if ν had to
+      grow past its default for the core Cholesky to succeed.
+    - ``nonfinite``: 1 if the direction was non-finite and the step was skipped (parameters
+      left unchanged, never NaN).
+
+    None of these ends a run: the training loop stops only on a non-finite loss or parameters.
     """
 
     loss: jax.Array
     step_size: jax.Array
     phi_norm: jax.Array
-    effective_dimension: jax.Array | None
-    factorisation_failed: jax.Array
-    nonfinite: jax.Array
+    effective_dimension: jax.Array | None = None
+    jitter: jax.Array | None = None
+    cholesky_fallback: jax.Array | None = None
+    nystrom_shift: jax.Array | None = None
+    shift_grown: jax.Array | None = None
+    nonfinite: jax.Array | None = None
 
 
-def empty_diagnostics(dtype, track_effective_dimension: bool = False) -> Diagnostics:
+#: Diagnostics that count as numerical events; the training loop counts the steps where each
+#: is > 0 (``TrainResult.events``, ``meta.json``'s ``events``, summary.csv).
+EVENT_FIELDS = ("jitter", "cholesky_fallback", "shift_grown", "nonfinite")
+
+
+def empty_diagnostics(dtype, track_effective_dimension: bool = False,
+                      solver: str | None = "cholesky") -> Diagnostics:
+    """Initial diagnostics with the fields ``solver`` reports (None: only ``nonfinite``)."""
     nan = jnp.asarray(jnp.nan, dtype)
     zero = jnp.zeros((), dtype)
-    return Diagnostics(nan, zero, zero, nan if track_effective_dimension else None, zero, zero)
+    chol = solver == "cholesky"
+    nys = solver is not None and solver.startswith("nystrom")
+    return Diagnostics(nan, zero, zero, nan if track_effective_dimension else None,
+                       jitter=zero if chol else None,
+                       cholesky_fallback=zero if chol else None,
+                       nystrom_shift=zero if nys else None,
+                       shift_grown=zero if nys else None, nonfinite=zero)
 
 
 def grid_line_search(loss_of_flat: Callable, flat, direction, loss0):

@@ -43,7 +43,7 @@ def hessian_free(residual_fn, damping: float = 0.1, cg_iters: int = 100, cg_tol:
     def init(params):
         flat, _ = ravel_pytree(params)
         return HessianFreeState(jnp.asarray(damping, flat.dtype), jnp.zeros((), jnp.int32),
-                                empty_diagnostics(flat.dtype))
+                                empty_diagnostics(flat.dtype, solver=None))
 
     def update(updates, state, params=None, *, batch=None, **extra_args):
         del updates, extra_args
@@ -80,8 +80,7 @@ def hessian_free(residual_fn, damping: float = 0.1, cg_iters: int = 100, cg_tol:
         rho = jnp.where(model < 0, (losses[0] - loss0) / model, -jnp.inf)
         lam_new = jnp.where(rho < 0.25, 1.5 * lam, jnp.where(rho > 0.75, lam * (2.0 / 3.0), lam))
         lam_new = jnp.maximum(lam_new, min_damping)
-        diag = Diagnostics(loss0, eta, jnp.linalg.norm(d), None, jnp.zeros((), flat.dtype),
-                           nonfinite)
+        diag = Diagnostics(loss0, eta, jnp.linalg.norm(d), nonfinite=nonfinite)
         return unravel(eta * d), HessianFreeState(lam_new, state.count + 1, diag)
 
     return optax.GradientTransformationExtraArgs(init, update)

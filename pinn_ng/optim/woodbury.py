@@ -107,7 +107,7 @@ def sample_space(
             phi=jnp.zeros_like(flat),
             count=jnp.zeros((), jnp.int32),
             key=jax.random.PRNGKey(seed),
-            diagnostics=empty_diagnostics(flat.dtype, track_effective_dimension),
+            diagnostics=empty_diagnostics(flat.dtype, track_effective_dimension, solver),
         )
 
     def update(updates, state, params=None, *, batch=None, **extra_args):
@@ -152,19 +152,20 @@ def sample_space(
         n = r.shape[0]
         loss0 = 0.5 * jnp.dot(r, r)
         zeta = r - momentum * jv(state.phi) if momentum > 0.0 else r
-        failed = jnp.zeros((), dtype)
         d_eff = None
         if solver == "cholesky":
             sol = cholesky_solve(k_lower(), damping, zeta, track_effective_dimension)
-            u, failed, d_eff = sol.u, sol.failed, sol.effective_dimension
+            u, d_eff = sol.u, sol.effective_dimension
+            events = {"jitter": sol.jitter, "cholesky_fallback": sol.fallback}
         elif solver == "nystrom_gpu":
             ny = nystrom_gpu(kmatmul, n, _resolve_sketch(sketch_size, n), sketch_key, dtype,
                              damping, nystrom_shift)
-            u, failed = ny.solve(zeta), ny.shift_grown
+            u = ny.solve(zeta)
+            events = {"nystrom_shift": ny.shift, "shift_grown": ny.shift_grown}
             d_eff = ny.effective_dimension() if track_effective_dimension else None
         else:
             ny = nystrom_standard(kmatmul, n, _resolve_sketch(sketch_size, n), sketch_key, dtype)
-            failed = ny.shift_grown
+            events = {"nystrom_shift": ny.shift, "shift_grown": ny.shift_grown}
             if solver == "nystrom":
                 u = ny.solve(zeta, damping)
             else:
@@ -186,7 +187,7 @@ def sample_space(
             cap = math.sqrt(norm_constraint) / jnp.maximum(phi_norm, jnp.finfo(dtype).tiny)
             eta = jnp.minimum(eta, cap)
 
-        diag = Diagnostics(loss0, eta, phi_norm, d_eff, failed, nonfinite)
+        diag = Diagnostics(loss0, eta, phi_norm, d_eff, nonfinite=nonfinite, **events)
         new_state = SampleSpaceState(phi=phi, count=count, key=key, diagnostics=diag)
         return unravel(-eta * direction), new_state
 

@@ -279,8 +279,6 @@ def plan(config: dict, schema_path=None, check_optimizers: bool = True) -> Plan:
                             "model_seed": int(config["model_seed"]) + rep,
                             "max_steps": steps, "max_seconds": run_seconds,
                             "eval_every": int(config["eval_every"]), "dtype": config["dtype"],
-                            "stop_on_factorisation_failure": bool(
-                                config.get("stop_on_factorisation_failure", True)),
                         }
                         rid = run_id(spec)
                         out.runs[rid] = spec

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 
 from . import records
@@ -24,7 +25,6 @@ SPEC_DEFAULTS = {
     "max_seconds": None,
     "eval_every": 10,
     "dtype": "float64",
-    "stop_on_factorisation_failure": True,
 }
 
 
@@ -78,7 +78,6 @@ def run(spec: dict, out_dir, progress=None) -> dict:
             n_interior=spec["n_interior"], n_boundary=spec["n_boundary"],
             max_steps=spec["max_steps"], max_seconds=spec["max_seconds"],
             eval_every=spec["eval_every"], data_seed=spec["data_seed"], dtype=dtype,
-            stop_on_factorisation_failure=spec["stop_on_factorisation_failure"],
             progress=progress)
     except Exception as err:  # noqa: BLE001 - only out-of-memory is a result, see below
         # Running out of device memory is an outcome worth recording (PAPER.md: "ENGD runs
@@ -110,6 +109,11 @@ def run(spec: dict, out_dir, progress=None) -> dict:
         "seconds": result.seconds,
         "seconds_per_step": result.seconds_per_step if result.steps else None,
         "compile_seconds": result.compile_seconds,
+        # steps at which the solver needed a jitter / eigh fallback / larger Nyström shift,
+        # or skipped a non-finite direction (pinn_ng.optim.EVENT_FIELDS)
+        "events": result.events,
+        "median_seconds_per_step": (float(statistics.median(result.step_seconds))
+                                    if result.step_seconds else None),
         "final": {k: final[k] for k in ("l2", "rms_l2", "rel_l2")},
         "best_l2": min(l2s) if l2s else None,
         "columns": columns,

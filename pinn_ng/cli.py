@@ -6,6 +6,7 @@
 ``pinn-ng gather``         run records -> results/curves.csv, summary.csv, experiments.csv
 ``pinn-ng figures``        tables -> figures/*.png (byte-identical from the same tables)
 ``pinn-ng nystrom-table``  standard vs GPU-efficient Nyström timing and memory (appendix B)
+``pinn-ng compare``        the paper's headline numbers next to ours -> paper_comparison.md
 ``pinn-ng plan``           validate a pipeline preset and list its runs and figures
 
 The Snakefile drives run / gather / figures / nystrom-table; each also works by hand.
@@ -137,6 +138,20 @@ def _cmd_nystrom_table(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from .pipeline import compare
+
+    results = Path(args.results)
+    missing = [n for n in ("summary.csv", "curves.csv", "experiments.csv")
+               if not (results / n).exists()]
+    if missing:
+        print(f"pinn-ng compare: {results} lacks {', '.join(missing)}; run `pinn-ng gather` "
+              "(or snakemake) first", file=sys.stderr)
+        return 2
+    print(compare.write(results, args.out or results / "paper_comparison.md"))
+    return 0
+
+
 def _cmd_plan(args) -> int:
     from .pipeline import config as pcfg
 
@@ -217,6 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out-csv", required=True)
     sp.add_argument("--out-md")
     sp.set_defaults(func=_cmd_nystrom_table)
+
+    sp = sub.add_parser("compare", help="the paper's headline numbers next to ours")
+    sp.add_argument("--results", default="results", help="directory of the gathered tables")
+    sp.add_argument("--out", help="default: <results>/paper_comparison.md")
+    sp.set_defaults(func=_cmd_compare)
 
     sp = sub.add_parser("plan", help="validate a preset; list runs and figures")
     sp.add_argument("configfile", nargs="+", help="config/default.yaml [override.yaml ...]")

@@ -60,8 +60,11 @@ class TrainResult:
     #: steps at which each numerical event occurred, e.g. {"jitter_steps": 3, ...}; only the
     #: events the optimizer reports
     events: dict = field(default_factory=dict)
-    #: timed seconds of every step, in order (for medians with and without events)
+    #: timed seconds of every step, in order, and whether a numerical event occurred in it
+    #: (jitter, eigh fallback, grown Nyström shift, non-finite direction): what a median
+    #: step time with and without the solver's fallbacks is computed from
     step_seconds: list = field(default_factory=list)
+    step_had_event: list = field(default_factory=list)
     final_params: object = None
 
     @property
@@ -204,9 +207,12 @@ def train(problem: Problem, apply: Callable, params, optimizer, residual_fn: Cal
                 diag_keys = sorted(k for k in out if k not in ("loss", "step_size",
                                                                "params_finite"))
                 result.events = {f"{k}_steps": 0 for k in EVENT_FIELDS if k in out}
+            had_event = False
             for k in EVENT_FIELDS:
                 if k in out and _to_float(out[k]) > 0:
                     result.events[f"{k}_steps"] += 1
+                    had_event = True
+            result.step_had_event.append(had_event)
             loss = _to_float(out["loss"])
             if step == 1:
                 first["loss"] = loss

@@ -50,6 +50,10 @@ def complete_spec(spec: dict) -> dict:
     return out
 
 
+def _median(values):
+    return float(statistics.median(values)) if values else None
+
+
 def run(spec: dict, out_dir, progress=None) -> dict:
     """Train as ``spec`` says and write the record to ``out_dir``; return its metadata.
 
@@ -112,8 +116,12 @@ def run(spec: dict, out_dir, progress=None) -> dict:
         # steps at which the solver needed a jitter / eigh fallback / larger Nyström shift,
         # or skipped a non-finite direction (pinn_ng.optim.EVENT_FIELDS)
         "events": result.events,
-        "median_seconds_per_step": (float(statistics.median(result.step_seconds))
-                                    if result.step_seconds else None),
+        "median_seconds_per_step": _median(result.step_seconds),
+        # the cost of the solver's fallbacks: median step time with and without an event
+        "median_seconds_per_step_event": _median(
+            [t for t, e in zip(result.step_seconds, result.step_had_event) if e]),
+        "median_seconds_per_step_no_event": _median(
+            [t for t, e in zip(result.step_seconds, result.step_had_event) if not e]),
         "final": {k: final[k] for k in ("l2", "rms_l2", "rel_l2")},
         "best_l2": min(l2s) if l2s else None,
         "columns": columns,

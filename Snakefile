@@ -3,6 +3,8 @@
 # or `--configfile config/smoke.yaml` on top; overrides with `--config key=value`.
 # The preset is validated (config/schema.yaml + pinn_ng.pipeline.config) before any job runs.
 # Every job calls the `pinn-ng` command line; see README "The benchmark pipeline".
+# `snakemake --report report.html` (after a run) bundles the figures and tables marked with
+# report() below, with the captions under report/, into one self-contained HTML file.
 
 import json
 import os
@@ -12,6 +14,9 @@ from pinn_ng.pipeline import config as pcfg
 
 
 configfile: os.path.join(workflow.basedir, "config", "default.yaml")
+
+
+report: "report/workflow.rst"
 
 
 PLAN = pcfg.plan(config, os.path.join(workflow.basedir, "config", "schema.yaml"))
@@ -26,8 +31,11 @@ wildcard_constraints:
     figure="|".join(PLAN.figures) or "NO_FIGURES",
 
 
+TABLES = ("curves", "summary", "summary_by_config", "experiments")
+
+
 def table_targets():
-    out = [f"{RES}/curves.csv", f"{RES}/summary.csv", f"{RES}/experiments.csv"] if RUNS else []
+    out = [f"{RES}/{name}.csv" for name in TABLES] if RUNS else []
     if PLAN.nystrom_table:
         out += [f"{RES}/nystrom_table.csv", f"{RES}/nystrom_table.md"]
     return out
@@ -87,9 +95,9 @@ rule gather:
         manifest=f"{RES}/manifest.json",
         metas=expand(f"{RES}/runs/{{run_id}}/meta.json", run_id=list(RUNS)),
     output:
-        curves=f"{RES}/curves.csv",
-        summary=f"{RES}/summary.csv",
-        experiments=f"{RES}/experiments.csv",
+        **{name: report(f"{RES}/{name}.csv", caption=f"report/{name}.rst", category="Tables",
+                        labels={"table": f"{name}.csv"})
+           for name in TABLES},
     shell:
         "pinn-ng gather --runs-dir {RES}/runs --manifest {input.manifest} --out-dir {RES}"
 
@@ -98,7 +106,9 @@ rule figure:
     input:
         rules.gather.output,
     output:
-        f"{FIG}/{{figure}}.png",
+        # One caption for every figure; it picks its text by the `figure` wildcard.
+        report(f"{FIG}/{{figure}}.png", caption="report/figure.rst", category="Figures",
+               labels={"figure": "{figure}"}),
     shell:
         "pinn-ng figures --results {RES} --figure {wildcards.figure} --out {output:q} "
         "--dpi {DPI}"
@@ -107,7 +117,8 @@ rule figure:
 rule nystrom_table:
     """Appendix B: standard vs GPU-efficient Nyström, time and memory."""
     output:
-        csv=f"{RES}/nystrom_table.csv",
+        csv=report(f"{RES}/nystrom_table.csv", caption="report/nystrom_table.rst",
+                   category="Tables", labels={"table": "nystrom_table.csv"}),
         md=f"{RES}/nystrom_table.md",
     params:
         spec=json.dumps(PLAN.nystrom_table or {}, sort_keys=True),

@@ -24,7 +24,7 @@ import pytest
 
 from pinn_ng import models, optim, problems, train
 from pinn_ng.pipeline import config as pcfg
-from pinn_ng.pipeline import figures, records, runner
+from pinn_ng.pipeline import figures, gather, records, runner
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "Snakefile"
@@ -123,6 +123,110 @@ def test_overrides_from_command_line_are_coerced():
     assert conv[0]["max_seconds"] == 5.0
 
 
+def test_experiment_replicates_override_the_top_level():
+    cfg = preset(REPO / "config" / "smoke.yaml",
+                 {"experiments": {"convergence": {"replicates": 3}}})
+    plan = pcfg.plan(cfg, check_optimizers=False)
+    conv = [plan.runs[r] for r in plan.experiments["convergence"]]
+    assert sorted(s["replicate"] for s in conv if s["label"] == "adam") == [0, 1, 2]
+    assert sorted(s["data_seed"] for s in conv if s["label"] == "adam") == [0, 1, 2]
+    scaling = [plan.runs[r] for r in plan.experiments["scaling"]]
+    assert {s["replicate"] for s in scaling} == {0}  # the top-level value (1) elsewhere
+    default = pcfg.plan(preset(), check_optimizers=False)
+    conv = [default.runs[r] for r in default.experiments["convergence"]]
+    assert {s["replicate"] for s in conv} == {0, 1, 2}
+    with pytest.raises(pcfg.ConfigError, match="experiments.convergence.replicates"):
+        pcfg.plan(preset({"experiments": {"convergence": {"replicates": 0}}}))
+
+
+# ------------------------------------------------------------------------------ tables
+
+
+def _record(runs_dir, name, *, replicate, final_l2, events="absent", label="engd_w",
+            l2s=None, steps=10):
+    """A hand-written run record, as `pinn-ng run` writes it (only the keys gather reads)."""
+    spec = {"problem": "poisson2d", "label": label, "display": label.upper(),
+            "optimizer": "engd_woodbury", "hparams": {"damping": 1e-8}, "widths": [2, 6, 1],
+            "n_interior": 20, "n_boundary": 8, "replicate": replicate,
+            "data_seed": replicate, "model_seed": 1 + replicate, "max_steps": steps,
+            "max_seconds": None, "eval_every": 5, "dtype": "float64"}
+    l2s = l2s or [1.0, 0.1, final_l2]
+    rows = [{"step": i * steps // (len(l2s) - 1), "time": 0.5 * i + 0.1 * replicate,
+             "loss": 1.0, "l2": v, "rms_l2": v, "rel_l2": v, "step_size": 1.0}
+            for i, v in enumerate(l2s)]
+    meta = {"run_id": name, "spec": spec, "N": 28, "n_params": 25, "steps": steps,
+            "seconds": rows[-1]["time"], "seconds_per_step": rows[-1]["time"] / steps,
+            "compile_seconds": 1.0, "diverged": False, "reason": None,
+            "stopped_by": "max_steps", "final": {"l2": final_l2, "rel_l2": final_l2},
+            "best_l2": min(l2s)}
+    if events != "absent":
+        meta["events"] = events
+    records.write_record(runs_dir / name, rows, list(rows[0]), meta)
+
+
+def test_gather_event_counts_and_spread_over_replicates(tmp_path):
+    runs = tmp_path / "runs"
+    ev = {"jitter_steps": 3, "cholesky_fallback_steps": 1, "shift_grown_steps": 0,
+          "nonfinite_steps": 2}
+    _record(runs, "a0", replicate=0, final_l2=1e-3, events=ev)
+    _record(runs, "a1", replicate=1, final_l2=4e-3, events={"jitter_steps": 0,
+                                                            "nonfinite_steps": 0})
+    _record(runs, "a2", replicate=2, final_l2=2e-3)  # an older record: no `events`
+    _record(runs, "b0", replicate=0, final_l2=5e-2, label="other")
+    gather.gather(runs, tmp_path)
+    summ = pd.read_csv(tmp_path / "summary.csv").set_index("run_id")
+    assert summ.loc["a0", gather.EVENT_COLUMNS].tolist() == [3, 1, 0, 2]
+    assert summ.loc["a0", "fallback_steps"] == 4  # jitter + Cholesky fallback + shift
+    # reported events count, unreported ones are unknown (empty), never 0
+    assert summ.loc["a1", "jitter_steps"] == 0 and summ.loc["a1", "fallback_steps"] == 0
+    assert summ.loc["a1", ["cholesky_fallback_steps", "shift_grown_steps"]].isna().all()
+    assert summ.loc["a2", gather.EVENT_COLUMNS + ["fallback_steps"]].isna().all()
+    text = (tmp_path / "summary.csv").read_text().splitlines()
+    header = text[0].split(",")
+    a0 = next(line for line in text if line.startswith("a0,")).split(",")
+    assert a0[header.index("jitter_steps")] == "3"  # integers, not 3.0
+    assert summ.loc["a0", "config_id"] == summ.loc["a2", "config_id"] != summ.loc["b0",
+                                                                                  "config_id"]
+
+    by = pd.read_csv(tmp_path / "summary_by_config.csv")
+    assert by.columns.tolist() == gather.BY_CONFIG_COLUMNS
+    by = by.set_index("label")
+    assert by.loc["engd_w", "replicates"] == 3 and by.loc["other", "replicates"] == 1
+    assert by.loc["engd_w", ["final_l2_median", "final_l2_min", "final_l2_max"]].tolist() == \
+        [2e-3, 1e-3, 4e-3]
+    assert by.loc["engd_w", "fallback_steps_max"] == 4
+    assert by.loc["other", "final_l2_median"] == by.loc["other", "final_l2_max"] == 5e-2
+
+
+def test_replicate_band_median_and_extremes_on_a_common_grid():
+    runs = [pd.DataFrame({"time": [0.0, 1.0, 2.0], "l2": [1.0, 1e-2, 1e-4]}),
+            pd.DataFrame({"time": [0.0, 0.5, 1.5], "l2": [1.0, 1e-1, 1e-3]}),
+            pd.DataFrame({"time": [0.0, 1.0, 1.8], "l2": [1.0, 1e-3, 1e-5]})]
+    grid, med, lo, hi = figures.replicate_band(runs, "time")
+    assert grid.tolist() == [0.0, 0.5, 1.0, 1.5]  # union of evaluations, to the shortest run
+    np.testing.assert_allclose(med, [1.0, 1e-1, 1e-2, 1e-3], rtol=1e-12)
+    np.testing.assert_allclose(lo, [1.0, 10 ** -1.5, 1e-3, 10 ** -4.25], rtol=1e-12)
+    np.testing.assert_allclose(hi, [1.0, 1e-1, 1e-2, 1e-3], rtol=1e-12)  # log-linear in time
+    assert (lo <= med).all() and (med <= hi).all()
+
+
+def test_convergence_figure_with_replicates(tmp_path):
+    runs = tmp_path / "runs"
+    for rep, final in enumerate([1e-3, 4e-3, 2e-3]):
+        _record(runs, f"a{rep}", replicate=rep, final_l2=final)
+    _record(runs, "b0", replicate=0, final_l2=5e-2, label="other")
+    gather.gather(runs, tmp_path, {"experiments": {"convergence": ["a0", "a1", "a2", "b0"]}})
+    assert figures.available(figures.load(tmp_path)) == ["convergence_poisson2d"]
+    plt, _ = figures._setup()
+    tables = figures.load(tmp_path)
+    fig = figures.fig_convergence(tables, plt, None, figures._palette(tables), "poisson2d")
+    for ax in fig.axes:
+        labels = ax.get_legend_handles_labels()[1]
+        assert labels == ["ENGD_W (median, min–max of 3)", "OTHER"]
+        assert len(ax.collections) == 1  # one band: the optimizer with replicates
+    plt.close(fig)
+
+
 # ------------------------------------------------------------------------------ training loop
 
 
@@ -216,11 +320,28 @@ def test_smoke_pipeline_end_to_end(smoke):
     assert (summary.seconds_per_step > 0).all()
     for name in ("nystrom_table.csv", "nystrom_table.md"):
         assert (res / name).stat().st_size > 0
+    by_config = pd.read_csv(res / "summary_by_config.csv")
+    assert by_config.replicates.sum() == len(summary)
+    for col in gather.EVENT_COLUMNS + ["fallback_steps", "config_id"]:
+        assert col in summary.columns, col
     table = pd.read_csv(res / "nystrom_table.csv")
     assert {"standard_seconds", "gpu_seconds", "standard_mib", "gpu_mib"} <= set(table.columns)
     for fig in plan.figures:
         path = work / "figures" / f"{fig}.png"
         assert path.stat().st_size > 1000, fig
+
+
+def test_snakemake_report_has_every_figure_and_table(smoke):
+    work, plan, _ = smoke
+    snakemake(work, *PRESETS["smoke"], "--report", str(work / "report.html"))
+    html = (work / "report.html").read_text(encoding="utf-8")
+    for fig in plan.figures:
+        assert f"{fig}.png" in html, fig
+    for table in ("summary.csv", "summary_by_config.csv", "curves.csv", "nystrom_table.csv"):
+        assert table in html, table
+    # captions (report/*.rst), chosen per figure by the `figure` wildcard
+    assert "Effective dimension of the damped kernel" in html
+    assert "interpolated (linearly in log L2)" in html
 
 
 def test_figures_are_byte_identical_from_the_same_tables(smoke, tmp_path):

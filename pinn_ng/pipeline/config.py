@@ -17,7 +17,10 @@ Experiments (each feeds one figure family, see the README):
   -> ``effective_dimension``.
 
 Identical runs requested by several experiments are run once: a run's id is derived from its
-full specification.
+full specification.  Each experiment runs ``replicates`` seeds per configuration (its own key,
+else the top-level one); replicate i uses ``data_seed + i`` and ``model_seed + i``.  An
+experiment may also set its own ``eval_every`` (e.g. every step for a short effective-dimension
+run, whose diagnostics are only recorded on evaluation rows).
 """
 
 from __future__ import annotations
@@ -241,6 +244,10 @@ def plan(config: dict, schema_path=None, check_optimizers: bool = True) -> Plan:
                     f"invalid pipeline preset:\n  config key experiments.{exp_name}."
                     f"optimizers[{i}]: {label!r} ({optimizers[label]['optimizer']}) cannot "
                     f"report the effective dimension; allowed optimizers: {D_EFF_OPTIMIZERS}")
+        # An experiment's own `replicates` wins over the top-level one (e.g. seeds for the
+        # convergence figure's error bands only, not for the timing sweeps).
+        replicates = int(exp.get("replicates") or config["replicates"])
+        eval_every = int(exp.get("eval_every") or config["eval_every"])
         budget = exp["budget"]
         steps, seconds = budget.get("steps"), budget.get("seconds")
         if steps is None and seconds is None:
@@ -268,7 +275,7 @@ def plan(config: dict, schema_path=None, check_optimizers: bool = True) -> Plan:
                     hp = _hparams(opt, pname, n_i + n_b)
                     if kind == "effective_dimension":
                         hp["track_effective_dimension"] = True
-                    for rep in range(int(config["replicates"])):
+                    for rep in range(replicates):
                         spec = {
                             "problem": pname, "label": label,
                             "display": opt.get("display", label),
@@ -278,7 +285,7 @@ def plan(config: dict, schema_path=None, check_optimizers: bool = True) -> Plan:
                             "data_seed": int(config["data_seed"]) + rep,
                             "model_seed": int(config["model_seed"]) + rep,
                             "max_steps": steps, "max_seconds": run_seconds,
-                            "eval_every": int(config["eval_every"]), "dtype": config["dtype"],
+                            "eval_every": eval_every, "dtype": config["dtype"],
                         }
                         rid = run_id(spec)
                         out.runs[rid] = spec

@@ -6,9 +6,13 @@ Each figure uses the runs of one experiment (``experiments.csv``):
 
 - ``speedup``: seconds per step over N (log-log) at the first net and over P at the first
   batch, one line per optimizer; ENGD / ENGD-W ratios written at each N (PAPER.md: "> 30×").
-- ``convergence_<problem>``: L2 error against wall-clock time and against steps (paper figs 2, 3).
-- ``nystrom_<problem>``: exact vs standard vs GPU-efficient Nyström at each N (figs 4, 5).
-- ``effective_dimension``: d_eff / N over training (fig 6); 50 % marked.
+  Seconds per step are each run's median over its steps where the record has it, else the mean.
+- ``convergence_<problem>``: L2 error against wall-clock time and against steps (paper figs 2, 3);
+  with several replicates per optimizer, their median and a min–max band (:func:`replicate_band`).
+- ``nystrom_<problem>``: exact vs standard vs GPU-efficient Nyström at each N (figs 4, 5); a
+  panel where no sketched run lowered its L2 error says so (the budget is too small to show
+  the paper's effect).
+- ``effective_dimension``: d_eff / N over training (fig 6); the paper's 50 % marked.
 """
 
 from __future__ import annotations
@@ -102,9 +106,17 @@ def _line(ax, sns, data, x, y, palette, units="run_id"):
                  hue_order=[h for h in palette if h in set(data["display"])])
 
 
+def _step_seconds(summ):
+    """Per run: the median seconds per step where recorded, else the mean."""
+    sps = summ.seconds_per_step
+    if "median_seconds_per_step" in summ:
+        sps = summ.median_seconds_per_step.where(np.isfinite(summ.median_seconds_per_step), sps)
+    return summ.assign(seconds_per_step=sps)
+
+
 def fig_speedup(tables, plt, sns, palette):
     summ, _ = _runs(tables, "scaling")
-    summ = summ[summ.steps > 0]
+    summ = _step_seconds(summ[summ.steps > 0])
     problems = sorted(set(summ.problem))
     # The N sweep ran at the P seen with the most batch sizes, the P sweep at the N seen with
     # the most nets (see pinn_ng.pipeline.config: a cross, not the full product).
@@ -122,6 +134,7 @@ def fig_speedup(tables, plt, sns, palette):
         _line(ax, sns, by_n, "N", "seconds_per_step", palette, units=None)
         ax.set(xscale="log", yscale="log", xlabel="batch size N", ylabel="seconds per step",
                title=f"{prob}, P = {p0:,}")
+        _n_ticks(ax, sorted(set(by_n.N)))
         engd = by_n[by_n.optimizer == "engd"].groupby("N").seconds_per_step.median()
         wood = by_n[(by_n.optimizer == "engd_woodbury") & (by_n.solver == "cholesky")
                     ].groupby("N").seconds_per_step.median()
@@ -151,17 +164,67 @@ def fig_speedup(tables, plt, sns, palette):
     return fig
 
 
+def _n_ticks(ax, ns):
+    """Ticks at the measured batch sizes only (log-axis minor labels collide)."""
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    ax.xaxis.set_major_locator(FixedLocator(ns))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([f"{n:,}" for n in ns])
+
+
 def _label_n(df):
     return df.assign(Nlab=[f"N = {n:,}" for n in df.N])
+
+
+def replicate_band(runs: list, x: str, y: str = "l2"):
+    """Median, min and max of ``y`` over replicate runs, on one grid of ``x``.
+
+    ``runs``: one DataFrame of evaluation rows per replicate.  Replicates are evaluated at
+    different times (and, under a time budget, stop at different steps), so each one is
+    interpolated onto a common grid: the union of all replicates' evaluation points, cut at the
+    end of the shortest replicate, so that every grid point has a value from every replicate
+    (no band drawn from a subset of the runs).  Interpolation is linear in log10(y) between a
+    replicate's own evaluations (the figures use a log y axis), never extrapolated.
+    Returns ``(grid, median, lo, hi)``.
+    """
+    curves = []
+    for r in runs:
+        r = r[np.isfinite(r[y]) & (r[y] > 0) & np.isfinite(r[x])].sort_values(x)
+        r = r.drop_duplicates(subset=x, keep="last")
+        if len(r):
+            curves.append((r[x].to_numpy(float), np.log10(r[y].to_numpy(float))))
+    if not curves:
+        return (np.empty(0),) * 4
+    end = min(cx[-1] for cx, _ in curves)
+    grid = np.unique(np.concatenate([cx[cx <= end] for cx, _ in curves]))
+    logs = np.stack([np.interp(grid, cx, cy) for cx, cy in curves])
+    return (grid, 10 ** np.median(logs, axis=0), 10 ** logs.min(axis=0),
+            10 ** logs.max(axis=0))
 
 
 def fig_convergence(tables, plt, sns, palette, problem):
     summ, curves = _runs(tables, "convergence", problem)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     data = curves[np.isfinite(curves.l2) & (curves.l2 > 0)]
+    order = [h for h in palette if h in set(data["display"])]
+    n_reps = summ.groupby("display").run_id.nunique()
     for ax, x, xlabel in ((axes[0], "time", "wall-clock time [s] (compilation and evaluation "
                                              "excluded)"), (axes[1], "step", "steps")):
-        _line(ax, sns, data, x, "l2", palette)
+        for display in order:
+            d = data[data.display == display]
+            runs = [g for _, g in d.groupby("run_id", sort=True)]
+            color = palette[display]
+            if len(runs) == 1:  # one replicate: its evaluations, as they are
+                r = runs[0].sort_values(x)
+                ax.plot(r[x], r.l2, color=color, marker="o", markersize=3, linewidth=1.2,
+                        label=display)
+                continue
+            grid, med, lo, hi = replicate_band(runs, x)
+            ax.fill_between(grid, lo, hi, color=color, alpha=0.2, linewidth=0)
+            # the title says how many seeds when every optimizer has the same number
+            ax.plot(grid, med, color=color, linewidth=1.4, label=display if n_reps.nunique()
+                    == 1 else f"{display} (median, min–max of {n_reps[display]})")
         ax.set(yscale="log", xlabel=xlabel, ylabel="L2 error (RMS)")
         if x == "step":  # first-order methods take 100× more steps: symmetric log axis
             ax.set_xscale("symlog", linthresh=10)
@@ -169,30 +232,62 @@ def fig_convergence(tables, plt, sns, palette, problem):
         ax.legend(title=None, fontsize=7)
     ns = sorted(set(summ.N))
     ps = sorted(set(summ.P))
+    reps = sorted(set(n_reps))
+    rep_text = "" if reps == [1] else (
+        f"\n{'/'.join(map(str, reps))} seeds per optimizer: median (line) and min–max (band)")
     fig.suptitle(f"{problem}: L2 error, N = {', '.join(map(str, ns))}, "
-                 f"P = {', '.join(f'{p:,}' for p in ps)}")
+                 f"P = {', '.join(f'{p:,}' for p in ps)}{rep_text}")
     fig.tight_layout()
     return fig
 
 
+#: A Nyström panel notes "nothing learned" when every sketched run ended above this fraction
+#: of its initial L2 error.
+LEARNED_FRACTION = 0.9
+
+
 def fig_nystrom(tables, plt, sns, palette, problem):
     summ, curves = _runs(tables, "nystrom", problem)
+    summ = _step_seconds(summ)
     ns = sorted(set(summ.N))
-    fig, axes = plt.subplots(1, len(ns), figsize=(4.2 * len(ns), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(ns), figsize=(max(6.4, 4.2 * len(ns)), 3.9),
+                             squeeze=False)
     data = curves[np.isfinite(curves.l2) & (curves.l2 > 0)]
     for ax, n in zip(axes[0], ns):
         d = data[data.N == n]
         if not d.empty:
             _line(ax, sns, d, "time", "l2", palette)
             ax.legend(title=None, fontsize=7)
+            d = d[d.solver.str.startswith("nystrom")].sort_values("step")
+            first, last = (d.groupby("run_id").l2.first(), d.groupby("run_id").l2.last())
+            if len(d) and (last >= LEARNED_FRACTION * first).all():
+                ax.text(0.5, 0.97, "no Nyström run lowered its L2 error by 10 % in this "
+                        "budget:\ntoo small to show the paper's effect (it helps early in "
+                        "long\nruns at N ≥ 1000 on a GPU)", transform=ax.transAxes,
+                        ha="center", va="top", fontsize=7, color="0.2",
+                        bbox={"boxstyle": "round", "fc": "lightyellow", "ec": "0.6"})
         spp = summ[summ.N == n].groupby("display").seconds_per_step.median()
+        ell = sorted({_sketch(hp, n) for hp in summ[summ.N == n].hparams} - {None})
         ax.set(yscale="log", xlabel="wall-clock time [s]", ylabel="L2 error (RMS)",
-               title=f"N = {n:,}\ns/step: " + ", ".join(
-                   f"{k} {v:.2g}" for k, v in spp.items()))
+               title=f"N = {n:,}" + (f", sketch ℓ = {', '.join(map(str, ell))}" if ell else "")
+               + "\ns/step: " + ", ".join(f"{k} {v:.2g}" for k, v in spp.items()))
         ax.title.set_fontsize(7)
-    fig.suptitle(f"{problem}: exact vs randomized Nyström kernels")
+    ps = sorted(set(summ.P))
+    fig.suptitle(f"{problem}, P = {', '.join(f'{p:,}' for p in ps)}: exact vs randomized "
+                 "Nyström kernels")
     fig.tight_layout()
     return fig
+
+
+def _sketch(hparams: str, n: int):
+    """The sketch size ℓ a run used at batch size ``n`` (None without a Nyström solver)."""
+    import json
+
+    hp = json.loads(hparams) if hparams else {}
+    if not str(hp.get("solver", "")).startswith("nystrom"):
+        return None
+    ell = hp.get("sketch_size", 0.1)
+    return int(ell) if isinstance(ell, int) or float(ell) >= 1 else int(round(float(ell) * n))
 
 
 def fig_effective_dimension(tables, plt, sns, palette):
@@ -201,15 +296,17 @@ def fig_effective_dimension(tables, plt, sns, palette):
         raise ValueError("no effective_dimension column in curves.csv")
     data = curves[np.isfinite(curves.effective_dimension)].copy()
     data["d_eff / N"] = data.effective_dimension / data.N
-    data["run"] = [f"{p} {d} N={n}" for p, d, n in zip(data.problem, data.display, data.N)]
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    data["run"] = [f"{p} {d}, N = {n:,}, P = {q:,}"
+                   for p, d, n, q in zip(data.problem, data.display, data.N, data.P)]
+    fig, ax = plt.subplots(figsize=(6.4, 3.9))
     sns.lineplot(data=data, x="step", y="d_eff / N", hue="run", units="run_id",
                  estimator=None, ax=ax, marker="o", markersize=3,
                  hue_order=sorted(set(data.run)))
-    ax.axhline(0.5, color="0.4", linestyle="--", linewidth=1)
+    ax.axhline(0.5, color="0.3", linestyle="--", linewidth=1,
+               label="paper: stays above 50 % (5d ENGD-W, N = 3,500)")
     ax.set(ylim=(0, 1.05), xlabel="steps", ylabel="d_eff(λ) / N",
-           title="effective dimension of the damped kernel (paper: stays above 50 %)")
-    ax.legend(title=None, fontsize=7)
+           title="effective dimension of the damped kernel, d_eff = tr(K(K + λI)⁻¹)")
+    ax.legend(title=None, fontsize=7, loc="best")
     fig.tight_layout()
     return fig
 

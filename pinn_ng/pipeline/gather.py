@@ -3,7 +3,12 @@
 - ``curves.csv``: every evaluation row of every run, one row per (run, step), with the run's
   identifying columns in front (tidy: one observation per row).
 - ``summary.csv``: one row per run, i.e. per problem × optimizer × N × P × replicate: final and
-  best L2, steps done, seconds per step, compile seconds, diverged and why.
+  best L2, steps done, seconds per step, compile seconds, diverged and why; how many steps
+  needed a numerical fallback (``meta["events"]``, see :data:`EVENT_COLUMNS`); and
+  ``config_id``, the same for every replicate of one configuration.
+- ``summary_by_config.csv``: one row per configuration (``config_id``: the run specification
+  without replicate and seeds, so problem × label × N × P × budget × hyper-parameters): the
+  number of replicates and the median, min and max of the final L2 over them.
 - ``experiments.csv``: which run belongs to which experiment (a run may serve several).
 
 Only complete records (``meta.json`` present) are read.  Rows are sorted, so gathering the same
@@ -12,6 +17,7 @@ records twice gives byte-identical tables.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -22,10 +28,27 @@ from . import records
 #: Columns that identify a run, in front of every table.
 ID_COLUMNS = ["run_id", "problem", "label", "display", "optimizer", "solver", "N",
               "n_interior", "n_boundary", "P", "replicate", "data_seed", "model_seed"]
+#: Steps at which the solver needed extra jitter for its Cholesky, fell back to an
+#: eigendecomposition, had to grow the Nyström shift, or produced a non-finite direction
+#: (``meta["events"]``, written by the training loop).  Records without ``events`` (older
+#: ones) leave these columns empty: unknown, not zero.
+EVENT_COLUMNS = ["jitter_steps", "cholesky_fallback_steps", "shift_grown_steps",
+                 "nonfinite_steps"]
+#: The events that are fallbacks (a non-finite direction is a skipped step, not a fallback).
+FALLBACK_EVENTS = ["jitter_steps", "cholesky_fallback_steps", "shift_grown_steps"]
 SUMMARY_COLUMNS = ID_COLUMNS + [
     "final_l2", "best_l2", "final_rel_l2", "steps", "seconds", "seconds_per_step",
-    "compile_seconds", "diverged", "reason", "stopped_by", "hparams"]
+    "median_seconds_per_step", "compile_seconds", "diverged", "reason", "stopped_by", *EVENT_COLUMNS, "fallback_steps",
+    "config_id", "hparams"]
 SORT = ["problem", "label", "N", "P", "replicate", "run_id"]
+#: Spec keys that differ between replicates of one configuration.
+REPLICATE_KEYS = ("replicate", "data_seed", "model_seed")
+#: Columns of ``summary_by_config.csv`` that describe a configuration.
+CONFIG_COLUMNS = ["config_id", "problem", "label", "display", "optimizer", "solver", "N",
+                  "n_interior", "n_boundary", "P"]
+BY_CONFIG_COLUMNS = CONFIG_COLUMNS + [
+    "replicates", "final_l2_median", "final_l2_min", "final_l2_max", "best_l2_median",
+    "steps_median", "seconds_per_step_median", "diverged_replicates", "fallback_steps_max"]
 
 
 def _ids(meta: dict) -> dict:
@@ -42,6 +65,48 @@ def _ids(meta: dict) -> dict:
         "replicate": spec.get("replicate", 0), "data_seed": spec["data_seed"],
         "model_seed": spec["model_seed"],
     }
+
+
+def config_id(spec: dict) -> str:
+    """A short hash of the run specification without replicate and seeds."""
+    rest = {k: v for k, v in spec.items() if k not in REPLICATE_KEYS}
+    return hashlib.sha1(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _events(meta: dict) -> dict:
+    """The four event counts and ``fallback_steps``, their fallback sum.
+
+    A record without ``events`` (written before the loop counted them) gives None (unknown)
+    everywhere, never 0.  Within ``events``, an absent key is an event the optimizer cannot
+    have (a shift for an exact Cholesky solver; every event for Adam): None in its column, and
+    left out of the sum, which is None only if no fallback event is reported at all.
+    """
+    events = meta.get("events")
+    if not isinstance(events, dict):
+        return {**dict.fromkeys(EVENT_COLUMNS), "fallback_steps": None}
+    out = {k: (int(events[k]) if events.get(k) is not None else None) for k in EVENT_COLUMNS}
+    fallbacks = [out[k] for k in FALLBACK_EVENTS if out[k] is not None]
+    out["fallback_steps"] = sum(fallbacks) if fallbacks else None
+    return out
+
+
+def by_config(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration: replicates and the spread of the final L2 over them.
+
+    NaN final errors (a run that diverged before its first evaluation) are left out of the
+    median / min / max but counted in ``replicates`` and ``diverged_replicates``.
+    """
+    grouped = summary.groupby(CONFIG_COLUMNS, sort=False, dropna=False)
+    out = grouped.agg(
+        replicates=("run_id", "size"), final_l2_median=("final_l2", "median"),
+        final_l2_min=("final_l2", "min"), final_l2_max=("final_l2", "max"),
+        best_l2_median=("best_l2", "median"), steps_median=("steps", "median"),
+        seconds_per_step_median=("seconds_per_step", "median"),
+        diverged_replicates=("diverged", "sum"),
+        fallback_steps_max=("fallback_steps", "max")).reset_index()
+    out["diverged_replicates"] = out["diverged_replicates"].astype(int)
+    return out[BY_CONFIG_COLUMNS].sort_values(
+        ["problem", "label", "N", "P", "config_id"], kind="stable").reset_index(drop=True)
 
 
 def find_records(runs_dir) -> list[Path]:
@@ -79,8 +144,11 @@ def gather(runs_dir, out_dir, manifest: dict | None = None) -> dict:
             **ids, "final_l2": final["l2"], "best_l2": meta["best_l2"],
             "final_rel_l2": final["rel_l2"], "steps": meta["steps"], "seconds": meta["seconds"],
             "seconds_per_step": meta["seconds_per_step"],
+            # the median over steps (robust to a slow first step); absent in older records
+            "median_seconds_per_step": meta.get("median_seconds_per_step"),
             "compile_seconds": meta["compile_seconds"], "diverged": meta["diverged"],
             "reason": meta["reason"] or "", "stopped_by": meta["stopped_by"],
+            **_events(meta), "config_id": config_id(meta["spec"]),
             "hparams": json.dumps(meta["spec"].get("hparams") or {}, sort_keys=True),
         })
     if not summary:
@@ -92,6 +160,9 @@ def gather(runs_dir, out_dir, manifest: dict | None = None) -> dict:
                                         "step_size"] + extra]
     curves_df = curves_df.sort_values(SORT + ["step"], kind="stable").reset_index(drop=True)
     summary_df = pd.DataFrame(summary)[SUMMARY_COLUMNS].sort_values(SORT, kind="stable")
+    for col in EVENT_COLUMNS + ["fallback_steps"]:  # integers, empty where unknown
+        summary_df[col] = summary_df[col].astype("Int64")
+    config_df = by_config(summary_df)
     from .config import experiment_kind
 
     exp_df = pd.DataFrame(membership, columns=["experiment", "run_id"]).sort_values(
@@ -100,7 +171,9 @@ def gather(runs_dir, out_dir, manifest: dict | None = None) -> dict:
                               for e in exp_df.experiment])
 
     out = {"curves": out_dir / "curves.csv", "summary": out_dir / "summary.csv",
+           "summary_by_config": out_dir / "summary_by_config.csv",
            "experiments": out_dir / "experiments.csv"}
-    for key, df in (("curves", curves_df), ("summary", summary_df), ("experiments", exp_df)):
+    for key, df in (("curves", curves_df), ("summary", summary_df),
+                    ("summary_by_config", config_df), ("experiments", exp_df)):
         records.atomic_write_text(out[key], df.to_csv(index=False, float_format="%.17g"))
     return {k: str(v) for k, v in out.items()}

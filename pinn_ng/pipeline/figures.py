@@ -271,6 +271,13 @@ def fig_nystrom(tables, plt, sns, palette, problem):
         ax.set(yscale="log", xlabel="wall-clock time [s]", ylabel="L2 error (RMS)",
                title=f"N = {n:,}" + (f", sketch ℓ = {', '.join(map(str, ell))}" if ell else "")
                + "\ns/step: " + ", ".join(f"{k} {v:.2g}" for k, v in spp.items()))
+        lo, hi = ax.get_ylim()
+        if hi < 10 * lo:  # less than a decade: plain numbers, not 1.75 × 10⁰
+            from matplotlib.ticker import FuncFormatter
+
+            plain = FuncFormatter(lambda v, _: f"{v:.3g}")
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(plain)
         ax.title.set_fontsize(7)
     ps = sorted(set(summ.P))
     fig.suptitle(f"{problem}, P = {', '.join(f'{p:,}' for p in ps)}: exact vs randomized "

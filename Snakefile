@@ -10,6 +10,8 @@ import json
 import os
 import re
 
+from snakemake.exceptions import WorkflowError
+
 from pinn_ng.pipeline import config as pcfg
 
 
@@ -25,6 +27,16 @@ FIG = PLAN.figures_dir
 RUNS = PLAN.runs
 DPI = PLAN.config.get("figure_dpi", 110)
 GPUS = int(PLAN.config.get("gpus_per_run", 0) or 0)
+
+
+
+def total_cores():
+    """--cores; 1 where none is given (e.g. `snakemake --report report.html`, which runs no job)."""
+    try:
+        return workflow.cores
+    except WorkflowError:
+        return 1
+
 
 wildcard_constraints:
     run_id="|".join(map(re.escape, RUNS)) or "NO_RUNS",
@@ -70,7 +82,7 @@ rule run:
         f"{RES}/logs/{{run_id}}.log",
     # One run at a time by default (run_threads: 0 = all cores), so that runs never compete
     # for cores and seconds per step stay comparable.
-    threads: PLAN.run_threads(workflow.cores)
+    threads: PLAN.run_threads(total_cores())
     resources:
         gpu=GPUS,
         runtime=lambda wc: pcfg.budget_minutes(RUNS[wc.run_id]),
@@ -125,7 +137,7 @@ rule nystrom_table:
         dtype=PLAN.config["dtype"],
     log:
         f"{RES}/logs/nystrom_table.log",
-    threads: workflow.cores
+    threads: total_cores()
     resources:
         gpu=GPUS,
     shell:

@@ -50,6 +50,8 @@ def table_targets():
     out = [f"{RES}/{name}.csv" for name in TABLES] if RUNS else []
     if PLAN.nystrom_table:
         out += [f"{RES}/nystrom_table.csv", f"{RES}/nystrom_table.md"]
+    if RUNS:
+        out.append(f"{RES}/paper_comparison.md")
     return out
 
 
@@ -143,3 +145,15 @@ rule nystrom_table:
     shell:
         "pinn-ng nystrom-table --spec {params.spec:q} --dtype {params.dtype} "
         "--out-csv {output.csv:q} --out-md {output.md:q} 2> {log:q}"
+
+
+rule paper_comparison:
+    """The paper's headline numbers next to ours, computed from the gathered tables."""
+    input:
+        rules.gather.output,
+        [f"{RES}/nystrom_table.csv"] if PLAN.nystrom_table else [],
+    output:
+        report(f"{RES}/paper_comparison.md", caption="report/paper_comparison.rst",
+               category="Tables", labels={"table": "paper_comparison.md"}),
+    shell:
+        "pinn-ng compare --results {RES} --out {output:q}"

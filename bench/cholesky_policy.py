@@ -70,6 +70,17 @@ def main(argv=None) -> None:
     sig2 = np.linalg.eigvalsh(0.5 * (kk + kk.T))
     print(f"K by NumPy's GEMM: min eigenvalue {sig2[0]:.2e}, {np.sum(sig2 < -LAMBDA)} below −λ; "
           f"max |K_xla − K_numpy| = {np.abs(k - kk).max():.2e}")
+    # J computed independently: the Laplacian by the dense Hessian instead of folx
+    jac_h = np.asarray(problem.residual_fn(apply, method="hessian").jacobian(params, batch))
+    kh = jac_h @ jac_h.T
+    sig3 = np.linalg.eigvalsh(0.5 * (kh + kh.T))
+    print(f"K from a J by the Hessian operator: max |J_h − J| = "
+          f"{np.abs(jac_h - np.asarray(jac)).max():.2e}; min eigenvalue {sig3[0]:.2e}, "
+          f"{np.sum(sig3 < -LAMBDA)} below −λ")
+    # the most careful: K's eigenvalues as squared singular values of J (K never formed)
+    sv = np.linalg.svd(np.asarray(jac), compute_uv=False) ** 2
+    print(f"σ(J)²: largest {sv[0]:.3e}, smallest {sv[-1]:.2e}; {np.sum(sv < LAMBDA)} below λ, "
+          f"{np.sum(sv < eps * sv[0])} below eps·‖K‖ (exact K is PSD but numerically singular)")
 
     solve_lam = jax.jit(lambda kl, g: cholesky_solve(kl, LAMBDA, g))
     solve_big = jax.jit(lambda kl, g: cholesky_solve(kl, 1e-6, g))

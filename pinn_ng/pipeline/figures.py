@@ -135,19 +135,28 @@ def fig_speedup(tables, plt, sns, palette):
         ax.set(xscale="log", yscale="log", xlabel="batch size N", ylabel="seconds per step",
                title=f"{prob}, P = {p0:,}")
         _n_ticks(ax, sorted(set(by_n.N)))
-        engd = by_n[by_n.optimizer == "engd"].groupby("N").seconds_per_step.median()
+        # ENGD's ratio to ENGD-W, per solver of ENGD's P x P system: Cholesky, and least
+        # squares (lstsq, what the paper's code runs on the CPU), each labelled as such.
         wood = by_n[(by_n.optimizer == "engd_woodbury") & (by_n.solver == "cholesky")
                     ].groupby("N").seconds_per_step.median()
-        common = sorted(set(engd.index) & set(wood.index))
-        for n in common:
-            ratio = engd[n] / wood[n]
-            ax.annotate(f"{ratio:.1f}×", xy=(n, np.sqrt(engd[n] * wood[n])), ha="center",
-                        va="center", fontsize=8, color="0.2",
-                        bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "0.6"})
-        if common:
-            n = common[-1]
-            ax.set_title(f"{prob}, P = {p0:,}: ENGD / ENGD-W = {engd[n] / wood[n]:.1f}× "
-                         f"at N = {n:,}")
+        is_engd = by_n.optimizer == "engd"
+        titles = []
+        for solver, mask in (("Cholesky", is_engd & by_n.solver.isin(["", "cholesky"])),
+                             ("lstsq", is_engd & (by_n.solver == "lstsq"))):
+            engd = by_n[mask].groupby("N").seconds_per_step.median()
+            common = sorted(set(engd.index) & set(wood.index))
+            for n in common:
+                ratio = engd[n] / wood[n]
+                text = f"{ratio:.1f}×" if solver == "Cholesky" else f"lstsq: {ratio:.0f}×"
+                ax.annotate(text, xy=(n, np.sqrt(engd[n] * wood[n])), ha="center",
+                            va="center", fontsize=8, color="0.2",
+                            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "0.6"})
+            if common:
+                n = common[-1]
+                titles.append(f"{engd[n] / wood[n]:.1f}× ({solver}, N = {n:,})")
+        if titles:
+            ax.set_title(f"{prob}, P = {p0:,}\nENGD / ENGD-W = " + ", ".join(titles),
+                         fontsize=9)
         ax.legend(title=None, fontsize=7)
         if has_p:
             ax = axes[i, 1]

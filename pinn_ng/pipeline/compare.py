@@ -74,8 +74,9 @@ def _one(df, label):
 
 
 def _first_reach(curves, run_id, threshold):
-    """(time, step) of the first evaluation with L2 ≤ threshold, or None."""
-    c = curves[(curves["run_id"] == run_id) & (curves["l2"] <= threshold)]
+    """(time, step) of the first evaluation after step 0 with L2 ≤ threshold, or None."""
+    c = curves[(curves["run_id"] == run_id) & (curves["step"] > 0)
+               & (curves["l2"] <= threshold)]
     if c.empty:
         return None
     row = c.sort_values("step").iloc[0]
@@ -147,6 +148,12 @@ def comparison(results_dir) -> tuple[str, list[dict]]:
             p_text, ours, "first evaluation at or below the threshold")
         if engd is not None:
             thr = float(engd["final_l2"])
+            start = curves[(curves["run_id"] == engd["run_id"]) & (curves["step"] == 0)]["l2"]
+            if not start.empty and thr >= float(start.iloc[0]):
+                add(f"{DISPLAY[label]}: time to our ENGD's final L2 ({_fmt(thr)})", p_text,
+                    f"– (ENGD did not get below its initial L2 {_fmt(float(start.iloc[0]))} "
+                    f"in {int(engd['steps'])} steps)", "same budget, same batches")
+                continue
             hit = _first_reach(curves, run["run_id"], thr)
             ours = (f"{hit[0]:.0f} s, {hit[1]} steps (ENGD took {engd['seconds']:.0f} s, "
                     f"{int(engd['steps'])} steps)" if hit else "not within the budget")

@@ -86,7 +86,10 @@ def _palette(tables):
     import seaborn as sns
 
     labels = sorted(set(tables["summary"]["display"]))
-    colors = sns.color_palette("tab10", n_colors=max(10, len(labels)))
+    # tab10 first; beyond ten labels (e.g. the cpu-paper preset's 11) distinct hues from
+    # Dark2 and Set1 rather than tab10 cycling back onto its first colours
+    colors = (sns.color_palette("tab10") + sns.color_palette("Dark2")
+              + sns.color_palette("Set1"))
     return {lab: colors[i % len(colors)] for i, lab in enumerate(labels)}
 
 
@@ -322,6 +325,15 @@ def fig_effective_dimension(tables, plt, sns, palette):
                label="paper: stays above 50 % (5d ENGD-W, N = 3,500)")
     ax.set(ylim=(0, 1.05), xlabel="steps", ylabel="d_eff(λ) / N",
            title="effective dimension of the damped kernel, d_eff = tr(K(K + λI)⁻¹)")
+    # Where the Cholesky needed a jitter δ (pinn_ng.optim.solvers.cholesky_solve), d_eff is
+    # that of the damping actually used, λ + δ: say so on the figure, with the first such step.
+    if "jitter" in data:
+        jit = data[data.jitter.fillna(0) > 0]
+        if not jit.empty:
+            first = int(jit.step.min())
+            ax.axvline(first, color="0.5", linestyle=":", linewidth=1)
+            ax.text(first, 0.04, f" from step {first}: Cholesky jitter δ ≤ {jit.jitter.max():.1e};"
+                    "\n d_eff shown at λ + δ", fontsize=7, color="0.3", va="bottom")
     ax.legend(title=None, fontsize=7, loc="best")
     fig.tight_layout()
     return fig

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -251,7 +252,16 @@ def main(argv=None) -> int:
     from .blas import limit_blas_threads
 
     limit_blas_threads(1)  # OpenBLAS threads otherwise spin against XLA's (pinn_ng/blas.py)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, KeyError, NotImplementedError, FileNotFoundError) as err:
+        # A user error (unknown name, bad hyper-parameter, missing file): one clear line.
+        # PINN_NG_TRACEBACK=1 shows the traceback instead.
+        if os.environ.get("PINN_NG_TRACEBACK"):
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"pinn-ng {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

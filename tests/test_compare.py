@@ -74,3 +74,20 @@ def test_compare_cli_without_tables_is_one_clear_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "pinn-ng gather" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_cli_bad_hyperparameter_is_one_clear_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pinn_ng.cli", "run", "--problem", "poisson2d",
+                           "--optimizer", "engd", "--hparam", "solver=qr", "--hparam", "damping=1e-8",
+                           "--max-steps", "1",
+                           "--out", str(tmp_path / "r")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "pinn-ng run: error: unknown ENGD solver 'qr'; valid: ['cholesky', 'lstsq']"]
+    assert not (tmp_path / "r").exists()  # nothing written
+    proc = subprocess.run([sys.executable, "-m", "pinn_ng.cli", "run", "--problem", "poisson2d",
+                           "--optimizer", "engd", "--max-steps", "1", "--out", str(tmp_path / "r")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "error: optimizer 'engd'" in proc.stderr and "damping" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -65,7 +65,13 @@ def _spec(name: str) -> _Spec:
 
 def make(name: str, residual_fn, **hparams) -> optax.GradientTransformationExtraArgs:
     """Build optimizer ``name`` for ``residual_fn`` with keyword hyper-parameters."""
-    return _spec(name).factory(residual_fn, **hparams)
+    spec = _spec(name)
+    try:
+        return spec.factory(residual_fn, **hparams)
+    except TypeError as err:  # a missing or unknown hyper-parameter: say which optimizer
+        if "argument" not in str(err):
+            raise
+        raise ValueError(f"optimizer {name!r}: {err}") from None
 
 
 def uses_grads(name: str) -> bool:

@@ -24,6 +24,7 @@ from jax.flatten_util import ravel_pytree
 
 import pinn_ng
 from pinn_ng import models, operators, problems
+from pinn_ng.residuals import ResidualFn
 
 from ._timing import compile_jitted, relative_error
 
@@ -207,7 +208,7 @@ def jacobian_case(net: Net, size: Size, method: str = "folx", check: bool = True
     The check compares J v and Jᵀ u with the matrix-free ``jvp`` / ``vjp``.
     """
     batch = sample(net, size)
-    residual_fn = net.problem.residual_fn(net.apply, method=method)
+    residual_fn = ResidualFn(net.problem, net.apply, method=method)
     return Case(
         label=f"jacobian/{size.label}/{method}",
         jitted=jax.jit(residual_fn.jacobian),
@@ -220,7 +221,7 @@ def jacrev_case(net: Net, size: Size) -> Case:
     """J by ``jax.jacrev`` of the whole batched residual (the O(N²) way), for comparison;
     checked against the per-point ``residual_fn.jacobian`` at the same batch."""
     batch = sample(net, size)
-    residual_fn = net.problem.residual_fn(net.apply)
+    residual_fn = ResidualFn(net.problem, net.apply)
     flat, unravel = ravel_pytree(net.params)
     reference = residual_fn.jacobian(net.params, batch)
     return Case(

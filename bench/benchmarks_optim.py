@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from bench import _cases
+from pinn_ng.residuals import ResidualFn
 from bench._timing import MiB, compile_jitted, interleaved_timings, peak_memory
 
 ETA = 5.23e-2  # ENGD-W's best fixed η on 5d (PAPER.md)
@@ -67,7 +68,7 @@ def step_case(net, size, label: str) -> _cases.Case:
     name, hparams = OPTIMIZERS[label]
     if name == "engd" and net.n_params > 20_000:
         raise NotImplementedError(f"ENGD's P x P Gramian does not fit at P = {net.n_params:,}")
-    rf = net.problem.residual_fn(net.apply)
+    rf = ResidualFn(net.problem, net.apply)
     opt = optim.make(name, rf, **hparams)
     uses_grads = optim.uses_grads(name)
     batch = _cases.sample(net, size)
@@ -143,11 +144,11 @@ class Kernel:
     timeout = 600
 
     def setup(self, variant):
-        from pinn_ng.optim.curvature import kernel_lower_from_jacobian
+        from pinn_ng.optim.kernels import kernel_lower_from_jacobian
 
         s = _KERNEL_SIZE[_q()]
         net = _cases.build_net(s.problem)
-        jac = net.problem.residual_fn(net.apply).jacobian(net.params, _cases.sample(net, s))
+        jac = ResidualFn(net.problem, net.apply).jacobian(net.params, _cases.sample(net, s))
         fn = (jax.jit(lambda j: kernel_lower_from_jacobian(j)) if variant == "lower_blocks"
               else jax.jit(lambda j: j @ j.T))
         self.compiled, _ = compile_jitted(fn, jac)

@@ -30,8 +30,9 @@ import numpy as np
 
 import pinn_ng
 from pinn_ng import optim, train
-from pinn_ng.optim.curvature import kernel_lower_from_jacobian
+from pinn_ng.optim.kernels import kernel_lower_from_jacobian
 from pinn_ng.optim.solvers import cholesky_solve, symmetrize_lower
+from pinn_ng.residuals import ResidualFn
 
 from bench._timing import compile_jitted, interleaved_timings
 
@@ -48,7 +49,7 @@ def main(argv=None) -> None:
     problem = pinn_ng.problems.get("poisson5d")
     init, apply = pinn_ng.models.mlp(problem.widths)
     params = init(jax.random.PRNGKey(1))
-    rf = problem.residual_fn(apply)
+    rf = ResidualFn(problem, apply)
     opt = optim.engd_woodbury(rf, LAMBDA)
     res = train.train(problem, apply, params, opt, rf, uses_grads=False,
                       diagnostics=optim.diagnostics, max_steps=args.steps,
@@ -71,7 +72,7 @@ def main(argv=None) -> None:
     print(f"K by NumPy's GEMM: min eigenvalue {sig2[0]:.2e}, {np.sum(sig2 < -LAMBDA)} below −λ; "
           f"max |K_xla − K_numpy| = {np.abs(k - kk).max():.2e}")
     # J computed independently: the Laplacian by the dense Hessian instead of folx
-    jac_h = np.asarray(problem.residual_fn(apply, method="hessian").jacobian(params, batch))
+    jac_h = np.asarray(ResidualFn(problem, apply, method="hessian").jacobian(params, batch))
     kh = jac_h @ jac_h.T
     sig3 = np.linalg.eigvalsh(0.5 * (kh + kh.T))
     print(f"K from a J by the Hessian operator: max |J_h − J| = "

@@ -24,6 +24,7 @@ import jax
 
 import pinn_ng
 from pinn_ng import models, problems
+from pinn_ng.residuals import ResidualFn
 from pinn_ng.pipeline import nystrom_table
 
 from bench._timing import MiB, compile_jitted, interleaved_timings, peak_memory
@@ -36,7 +37,7 @@ def engd_ratio(n: int, repeats: int):
     problem = problems.get("poisson5d")
     init, apply = models.mlp(problem.widths)
     params = init(jax.random.PRNGKey(1))
-    rf = problem.residual_fn(apply)
+    rf = ResidualFn(problem, apply)
     n_i, n_b = split_batch(n)
     batch = problem.sample(jax.random.PRNGKey(0), n_i, n_b)
     out = {}

@@ -27,6 +27,7 @@ import optax
 
 import pinn_ng
 from pinn_ng import models, optim, problems
+from pinn_ng.residuals import ResidualFn
 
 from bench._timing import MiB, compile_jitted, interleaved_timings, peak_memory
 
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
     problem = problems.get("poisson5d")
     init, apply = models.mlp(problem.widths)
     params = init(jax.random.PRNGKey(1))
-    rf = problem.residual_fn(apply)
+    rf = ResidualFn(problem, apply)
     print(f"device: {jax.devices()[0].device_kind}, P = {problem.n_params:,}, float64\n")
     rows, ratios = [], []
     for n in args.sizes:

@@ -4,7 +4,7 @@ Importing the package never changes JAX's global precision; call :func:`enable_x
 paper's float64 setting (the default dtype of every function here).
 """
 
-from . import metrics, models, operators, optim, problems
+from . import metrics, models, operators, optim, problems, residuals
 from .blas import limit_blas_threads
 from .precision import PrecisionError, enable_x64, x64_enabled
 
@@ -19,6 +19,7 @@ __all__ = [
     "operators",
     "optim",
     "problems",
+    "residuals",
     "x64_enabled",
     "__version__",
 ]

@@ -10,7 +10,6 @@ exact solution, ``u = u*`` there.  Facts (PDEs, solutions, nets, batch sizes) co
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
@@ -148,7 +147,7 @@ class Problem:
         key = jax.random.PRNGKey(EVAL_SEED)
         return self.sample_interior_fn(key, EVAL_FACTOR * self.n_interior, dtype)
 
-    # -- residuals ---------------------------------------------------------------------------
+    # -- per-point residuals (batching, scaling and J live in pinn_ng.residuals) ---------------
     def interior_residual(self, u: Callable, x, method: str = "folx"):
         """Unscaled PDE residual (L u)(x) - f(x) at one point."""
         return self.interior_fn(u, x, method)
@@ -156,27 +155,6 @@ class Problem:
     def boundary_residual(self, u: Callable, x):
         """Unscaled boundary / initial residual u(x) - u*(x) at one point."""
         return u(x) - self.exact_fn(x)
-
-    def residuals(self, u: Callable, batch: Batch, method: str = "folx"):
-        """Residual vector r (N_Ω + N_∂Ω,) of any scalar function ``u(x)``; loss = ½‖r‖².
-
-        Interior rows are scaled by 1/√N_Ω and boundary rows by 1/√N_∂Ω (PAPER.md notation).
-        """
-        self.check_batch(batch)
-        n_i, n_b = batch.interior.shape[0], batch.boundary.shape[0]
-        r_i = jax.vmap(lambda x: self.interior_residual(u, x, method))(batch.interior)
-        r_b = jax.vmap(lambda x: self.boundary_residual(u, x))(batch.boundary)
-        return jnp.concatenate([r_i / math.sqrt(n_i), r_b / math.sqrt(n_b)])
-
-    def residual_fn(self, apply: Callable, method: str = "folx"):
-        """The fast residual function of the network ``apply(params, x)``.
-
-        Returns a :class:`pinn_ng.residuals.ResidualFn`: ``residual_fn(params, batch) -> r``
-        with ``.jacobian``, ``.jvp``, ``.vjp`` (per-point Jacobian, matrix-free products).
-        """
-        from .residuals import ResidualFn
-
-        return ResidualFn(self, apply, method=method)
 
     # -- metrics -----------------------------------------------------------------------------
     def errors(self, apply: Callable, params, points=None) -> dict:

@@ -1,19 +1,30 @@
-"""Residual functions of a network and their Jacobians: what every optimizer consumes.
+"""The residual operator: batching, row scaling, J, its row blocks and matrix-free products.
 
-Each residual depends on one collocation point only, so the Jacobian J = ∂r/∂θ (N x P) is
-computed *per point*: ``vmap`` over points of the parameter gradient of that point's residual.
-That is one reverse pass of a tiny graph per row, batched by XLA, and O(N·P) memory.
-``jax.jacrev`` of the batched residual would instead run N backward passes through the whole
-batch (O(N²) work and memory) and is only used as a reference in the tests.
+A problem (:mod:`pinn_ng.problems`) defines only *per-point*, unscaled residuals.  This module
+owns everything built on them, in one place:
 
-Columns of J follow ``jax.flatten_util.ravel_pytree(params)``; the matrix-free products take
-and return flat vectors in that same order.
+- **batching and scaling**: r = (r_Ω(x_1..x_{N_Ω}) / √N_Ω, r_∂Ω(y_1..y_{N_∂Ω}) / √N_∂Ω), so the
+  loss ½‖r‖² is the paper's mean-squared loss (:func:`row_scales`, :func:`scaled_residuals`);
+- **J = ∂r/∂θ (N x P)**, computed *per point*: ``vmap`` over points of the parameter gradient
+  of that point's residual.  One reverse pass of a tiny graph per row, batched by XLA, O(N·P)
+  memory.  ``jax.jacrev`` of the batched residual would run N backward passes through the
+  whole batch (O(N²) work and memory); :class:`DenseResidual` does that for plain callables;
+- **row blocks of J** for kernels built block by block without holding J
+  (:meth:`ResidualFn.row_blocks`);
+- **matrix-free products** J v, Jᵀ u, and :meth:`~ResidualOperator.linearize` (one forward
+  pass shared by many products, e.g. a CG solve).
+
+The optimizers consume any object that satisfies the small :class:`ResidualOperator`
+protocol; :func:`as_operator` wraps a plain callable ``(params, batch) -> r``.
+
+Columns of J follow ``jax.flatten_util.ravel_pytree(params)``; the products take and return
+flat vectors in that same order.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, NamedTuple, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +32,29 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from .problems import Batch, Problem
+
+
+# ------------------------------------------------------------------------- batching, scaling
+
+
+def row_scales(n_interior: int, n_boundary: int) -> tuple[float, float]:
+    """(1/√N_Ω, 1/√N_∂Ω): the row scaling of r, so that ½‖r‖² is the paper's loss."""
+    return 1.0 / math.sqrt(n_interior), 1.0 / math.sqrt(n_boundary)
+
+
+def scaled_residuals(problem: Problem, u: Callable, batch: Batch, method: str = "folx"):
+    """Residual vector r (N_Ω + N_∂Ω,) of any scalar function ``u(x)`` on ``batch``.
+
+    Interior rows come first, scaled by 1/√N_Ω; boundary rows follow, scaled by 1/√N_∂Ω.
+    """
+    problem.check_batch(batch)
+    s_i, s_b = row_scales(batch.interior.shape[0], batch.boundary.shape[0])
+    r_i = jax.vmap(lambda x: problem.interior_residual(u, x, method))(batch.interior)
+    r_b = jax.vmap(lambda x: problem.boundary_residual(u, x))(batch.boundary)
+    return jnp.concatenate([r_i * s_i, r_b * s_b])
+
+
+# ------------------------------------------------------------------------------- checks
 
 
 def _is_traced(tree) -> bool:
@@ -51,10 +85,33 @@ def check_finite_params(params) -> None:
         raise ValueError(f"parameters contain non-finite values (NaN/inf) in leaves {bad}")
 
 
-def matrix_free_products(residual: Callable):
-    """``(jvp, vjp)`` of any ``residual(params, batch) -> r`` on flat vectors (ravel order):
-    ``jvp(params, batch, v) = J v`` (one forward-mode pass), ``vjp(params, batch, u) = Jᵀ u``
-    (one reverse-mode pass of the whole batch)."""
+# ------------------------------------------------------------------------------ protocol
+
+
+@runtime_checkable
+class ResidualOperator(Protocol):
+    """What the optimizers need of a residual function (all flat vectors in ravel order).
+
+    ``op(params, batch) -> r (N,)``; ``op.residual_and_jacobian(params, batch) -> (r, J)``;
+    ``op.jvp(params, batch, v) -> J v``; ``op.vjp(params, batch, u) -> Jᵀ u``;
+    ``op.linearize(params, batch) -> (r, jvp, vjp)``, the products as closures sharing one
+    forward pass.  Operators that can also build J block by block (``kernel="blocked"``) have
+    ``row_blocks`` (see :class:`ResidualFn`).
+    """
+
+    def __call__(self, params, batch) -> jax.Array: ...
+
+    def residual_and_jacobian(self, params, batch) -> tuple[jax.Array, jax.Array]: ...
+
+    def jvp(self, params, batch, v) -> jax.Array: ...
+
+    def vjp(self, params, batch, u) -> jax.Array: ...
+
+    def linearize(self, params, batch) -> tuple[jax.Array, Callable, Callable]: ...
+
+
+def _products(residual: Callable):
+    """(jvp, vjp, linearize) of ``residual(params, batch) -> r`` on flat vectors."""
 
     def jvp(params, batch, v):
         _, unravel = ravel_pytree(params)
@@ -64,7 +121,54 @@ def matrix_free_products(residual: Callable):
         _, pullback = jax.vjp(lambda p: residual(p, batch), params)
         return ravel_pytree(pullback(u)[0])[0]
 
-    return jvp, vjp
+    def linearize(params, batch):
+        flat, unravel = ravel_pytree(params)
+        r, jv = jax.linearize(lambda w: residual(unravel(w), batch), flat)
+        transpose = jax.linear_transpose(jv, flat)
+        return r, jv, lambda u: transpose(u)[0]
+
+    return jvp, vjp, linearize
+
+
+class DenseResidual:
+    """A plain callable ``(params, batch) -> r`` as a :class:`ResidualOperator`.
+
+    J comes from ``jax.jacrev`` of the whole batched residual: correct, but N backward passes
+    through the whole batch, so only sensible for small problems.  No ``row_blocks``.
+    """
+
+    def __init__(self, fn: Callable):
+        if not callable(fn):
+            raise TypeError(f"residual_fn must be callable, got {type(fn).__name__}")
+        self.fn = fn
+        self.jvp, self.vjp, self.linearize = _products(fn)
+
+    def __call__(self, params, batch):
+        return self.fn(params, batch)
+
+    def residual_and_jacobian(self, params, batch):
+        flat, unravel = ravel_pytree(params)
+        r = self.fn(params, batch)
+        jac = jax.jacrev(lambda w: self.fn(unravel(w), batch))(flat)
+        return r, jac
+
+    def __repr__(self) -> str:
+        return f"DenseResidual({self.fn!r})"
+
+
+def as_operator(residual_fn) -> ResidualOperator:
+    """``residual_fn`` itself if it is a :class:`ResidualOperator`, else a :class:`DenseResidual`."""
+    if isinstance(residual_fn, ResidualOperator):
+        return residual_fn
+    return DenseResidual(residual_fn)
+
+
+def has_row_blocks(op) -> bool:
+    """Whether ``op`` can build J block by block (``kernel="blocked"``)."""
+    return callable(getattr(op, "row_blocks", None))
+
+
+# ------------------------------------------------------------------------ the fast operator
 
 
 def flatten_rows(tree, n: int):
@@ -73,18 +177,31 @@ def flatten_rows(tree, n: int):
                            axis=1)
 
 
+class RowBlocks(NamedTuple):
+    """J in ``n_blocks`` row blocks of ``block_size`` rows (zero rows pad the last block).
+
+    ``rows(a)`` (a traced block index is fine) returns the scaled rows of block ``a``,
+    shape (block_size, P).  Rows are interior points then boundary points, as in r.
+    """
+
+    n: int
+    n_blocks: int
+    block_size: int
+    rows: Callable
+
+
 class ResidualFn:
-    """``residual_fn(params, batch) -> r`` for the network ``apply`` on ``problem``.
+    """The residual operator of the network ``apply(params, x)`` on ``problem``.
 
-    Also offers (all jit-compiled, closures over the problem and network, nothing static on
-    ``self``):
+    ``ResidualFn(problem, apply)(params, batch) -> r``; satisfies :class:`ResidualOperator`
+    with the per-point J, and adds (all jit-compiled closures, nothing static on ``self``):
 
-    - ``jacobian(params, batch)`` -> J (N, P), per point;
-    - ``residual_and_jacobian(params, batch)`` -> (r, J) sharing the forward passes;
-    - ``jvp(params, batch, v)`` -> J v (N,), for a flat ``v`` (P,);
-    - ``vjp(params, batch, u)`` -> Jᵀ u (P,), flat;
-    - ``point_jacobian(params, points, kind, scale)``: rows of J for a block of interior or
-      boundary points, for memory-lean kernels built block by block.
+    - ``jacobian(params, batch)`` -> J (N, P);
+    - ``point_jacobian(params, points, kind, scale)``: (r_rows, J_rows) of a block of interior
+      or boundary points, each row times ``scale``;
+    - ``row_blocks(params, batch, block_size)``: :class:`RowBlocks` of J, for memory-lean
+      kernels (never more than one block of J alive at a time);
+    - ``loss(params, batch)``: ½‖r‖².
 
     Called eagerly, it checks the batch shape and that parameters are finite.
     """
@@ -97,34 +214,29 @@ class ResidualFn:
         def point_residual(kind):
             if kind == "interior":
                 return lambda p, x: problem.interior_residual(lambda y: apply(p, y), x, method)
-            if kind == "boundary":
-                return lambda p, x: problem.boundary_residual(lambda y: apply(p, y), x)
-            raise ValueError(f"kind must be 'interior' or 'boundary', got {kind!r}")
+            return lambda p, x: problem.boundary_residual(lambda y: apply(p, y), x)
 
         self._point = {k: point_residual(k) for k in ("interior", "boundary")}
 
         def residual(params, batch):
-            n_i, n_b = batch.interior.shape[0], batch.boundary.shape[0]
-            r_i = jax.vmap(self._point["interior"], (None, 0))(params, batch.interior)
-            r_b = jax.vmap(self._point["boundary"], (None, 0))(params, batch.boundary)
-            return jnp.concatenate([r_i / math.sqrt(n_i), r_b / math.sqrt(n_b)])
+            return scaled_residuals(problem, lambda x: apply(params, x), batch, method)
 
         def rows(params, points, kind, scale):
-            vg = jax.vmap(jax.value_and_grad(self._point[kind]), (None, 0))(params, points)
-            r, g = vg
+            r, g = jax.vmap(jax.value_and_grad(self._point[kind]), (None, 0))(params, points)
             return r * scale, flatten_rows(g, points.shape[0]) * scale
 
         def residual_and_jacobian(params, batch):
-            n_i, n_b = batch.interior.shape[0], batch.boundary.shape[0]
-            r_i, j_i = rows(params, batch.interior, "interior", 1.0 / math.sqrt(n_i))
-            r_b, j_b = rows(params, batch.boundary, "boundary", 1.0 / math.sqrt(n_b))
+            s_i, s_b = row_scales(batch.interior.shape[0], batch.boundary.shape[0])
+            r_i, j_i = rows(params, batch.interior, "interior", s_i)
+            r_b, j_b = rows(params, batch.boundary, "boundary", s_b)
             return jnp.concatenate([r_i, r_b]), jnp.concatenate([j_i, j_b], axis=0)
 
-        jvp, vjp = matrix_free_products(residual)
+        jvp, vjp, linearize = _products(residual)
         self._residual = jax.jit(residual)
         self._residual_and_jacobian = jax.jit(residual_and_jacobian)
         self._jvp = jax.jit(jvp)
         self._vjp = jax.jit(vjp)
+        self._linearize = linearize
         self._rows = jax.jit(rows, static_argnums=(2,))
 
     def _check(self, params, batch) -> None:
@@ -160,11 +272,52 @@ class ResidualFn:
         self._check(params, batch)
         return self._vjp(params, batch, u)
 
+    def linearize(self, params, batch: Batch):
+        """(r, v ↦ J v, u ↦ Jᵀ u): one forward pass, then each product reuses its linearisation.
+
+        For repeated products at the same point (a CG solve): ``jax.linearize`` stores the
+        forward pass's intermediates once, so every later product is a linear pass only.
+        """
+        self._check(params, batch)
+        return self._linearize(params, batch)
+
     def point_jacobian(self, params, points, kind: str, scale: float):
         """(r_rows, J_rows) for a block of ``kind`` points, each row multiplied by ``scale``."""
         if kind not in self._point:
             raise ValueError(f"kind must be 'interior' or 'boundary', got {kind!r}")
         return self._rows(params, points, kind, scale)
+
+    def row_blocks(self, params, batch: Batch, block_size: int) -> RowBlocks:
+        """J as :class:`RowBlocks` of ``block_size`` rows, each recomputed on demand.
+
+        Points of both kinds are stacked and padded to a multiple of ``block_size``; a row is
+        the gradient of its own point's (interior or boundary) residual times its scale (0 for
+        padding), so the blocks stacked are exactly J with zero rows appended.
+        """
+        self.problem.check_batch(batch)
+        n_i, n_b = batch.interior.shape[0], batch.boundary.shape[0]
+        n = n_i + n_b
+        m = int(block_size)
+        n_blk = math.ceil(n / m)
+        n_pad = n_blk * m
+        dtype = batch.interior.dtype
+        pts = jnp.concatenate([batch.interior, batch.boundary])
+        pts = jnp.concatenate([pts, jnp.broadcast_to(pts[:1], (n_pad - n, pts.shape[1]))])
+        is_int = jnp.arange(n_pad) < n_i
+        s_i, s_b = row_scales(n_i, n_b)
+        scale = jnp.where(is_int, s_i, s_b).astype(dtype)
+        scale = jnp.where(jnp.arange(n_pad) < n, scale, 0.0)
+        pts_b = pts.reshape(n_blk, m, -1)
+        int_b = is_int.reshape(n_blk, m)
+        scale_b = scale.reshape(n_blk, m)
+
+        def rows(a):
+            x, flag, s = pts_b[a], int_b[a], scale_b[a]
+            _, j_int = self._rows(params, x, "interior", 1.0)
+            _, j_bnd = self._rows(params, x, "boundary", 1.0)
+            return jnp.where(flag[:, None], j_int, j_bnd) * s[:, None]
+
+        return RowBlocks(n, n_blk, m, rows)
 
     def __repr__(self) -> str:
         return f"ResidualFn(problem={self.problem.name!r}, method={self.method!r})"

@@ -28,6 +28,7 @@ the update read the gradient?) and ``pinn_ng.optim.diagnostics`` (loss, step siz
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
 import time
@@ -96,6 +97,8 @@ def make_step(problem: Problem, residual_fn: Callable, optimizer, *, uses_grads:
     ``params_finite`` and every diagnostic of the optimizer.
     """
     data_key = jax.random.PRNGKey(data_seed)
+    # pinn_ng.optim.diagnostics(state, updates) also reports the step size actually applied
+    takes_updates = len(inspect.signature(diagnostics).parameters) >= 2
 
     def loss_fn(params, batch):
         r = residual_fn(params, batch)
@@ -108,7 +111,7 @@ def make_step(problem: Problem, residual_fn: Callable, optimizer, *, uses_grads:
         else:
             loss, grads = None, None
         updates, opt_state = optimizer.update(grads, opt_state, params, batch=batch)
-        diag = dict(diagnostics(opt_state))
+        diag = dict(diagnostics(opt_state, updates) if takes_updates else diagnostics(opt_state))
         if loss is None:
             # ENGD family reports the loss it already computed; otherwise compute it here.
             loss = diag["loss"] if "loss" in diag else loss_fn(params, batch)

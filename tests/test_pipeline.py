@@ -25,6 +25,7 @@ import pytest
 from pinn_ng import models, optim, problems, train
 from pinn_ng.pipeline import config as pcfg
 from pinn_ng.pipeline import figures, gather, records, runner
+from pinn_ng.residuals import ResidualFn
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "Snakefile"
@@ -239,7 +240,7 @@ def _tiny(seed=1):
 def _train(optimizer, diagnostics=lambda s: {}, uses_grads=True, **kw):
     problem, params, apply = _tiny()
     kw = {"max_steps": 5, "eval_every": 2, "n_interior": 20, "n_boundary": 8, **kw}
-    return train.train(problem, apply, params, optimizer, problem.residual_fn(apply),
+    return train.train(problem, apply, params, optimizer, ResidualFn(problem, apply),
                        uses_grads=uses_grads, diagnostics=diagnostics, progress=False,
                        log=lambda m: None, **kw)
 

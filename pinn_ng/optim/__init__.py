@@ -1,14 +1,29 @@
-"""Optimizers of the paper as optax transformations, built from a residual function.
+"""Optimizers of the paper as composable optax transformations, built from a residual function.
 
     opt = pinn_ng.optim.spring(residual_fn, damping=1e-8, momentum=0.9, learning_rate=0.05)
     state = opt.init(params)
-    updates, state = opt.update(grads, state, params, batch=batch)
+    updates, state = opt.update(None, state, params, batch=batch)
     params = optax.apply_updates(params, updates)
 
-``residual_fn`` is ``problem.residual_fn(apply)`` (per-point Jacobian, matrix-free products) or
-any callable ``(params, batch) -> r`` (J then falls back to ``jax.jacrev``: correct, but only
-sensible for small problems).  The natural-gradient family builds its step from r and J and
-ignores ``grads`` (pass ``None``; :func:`uses_grads` tells).  Where each path pays:
+``residual_fn`` is ``pinn_ng.residuals.ResidualFn(problem, apply)`` (per-point Jacobian,
+matrix-free products) or any callable ``(params, batch) -> r`` (J then falls back to
+``jax.jacrev``: correct, but only sensible for small problems).
+
+**Blocks.**  Each natural-gradient optimizer is an ``optax.chain`` of a *direction* block and
+a *step-size* block, like optax's own aliases (``adam = chain(scale_by_adam, scale_by_lr)``):
+
+- directions: :func:`scale_by_engd`, :func:`scale_by_engd_woodbury`, :func:`scale_by_spring`
+  (the preconditioned direction φ as a pytree, uphill like a gradient).  They build φ from r
+  and J, so they come first in a chain and take ``updates=None`` (anything else raises);
+- step sizes: ``optax.scale_by_learning_rate(η)`` (a number or a schedule),
+  :func:`scale_by_grid_line_search`, :func:`scale_by_norm_constraint` (SPRING's cap);
+  :func:`step_size_chain` combines them as the paper's reference code does.
+
+``engd = chain(scale_by_engd, step)``, ``engd_woodbury = chain(scale_by_engd_woodbury, step)``,
+``spring = chain(scale_by_spring, step)``.  Damping, momentum, η and C accept numbers, arrays
+and ``optax`` schedules; :func:`inject_hyperparams` makes them state, so a sweep over λ does
+not recompile.  :func:`diagnostics` reads the per-step scalars out of any chained or wrapped
+state (``optax.tree_utils.tree_get``).  Where each path pays:
 
 - ``engd``: G = JᵀJ is P x P: O(NP²) + O(P³) time, P² memory (the baseline).
 - ``engd_woodbury`` / ``spring`` with ``solver="cholesky"``: O(N²P) for K (lower blocks only)
@@ -20,16 +35,22 @@ ignores ``grads`` (pass ``None``; :func:`uses_grads` tells).  Where each path pa
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable, NamedTuple
 
+import jax.numpy as jnp
 import optax
+import optax.tree_utils as otu
+from jax.flatten_util import ravel_pytree
 
 from . import solvers
 from .baselines import adam, lbfgs, sgd
-from .common import EVENT_FIELDS, Diagnostics, grid_line_search
-from .engd import engd
+from .common import EVENT_FIELDS, Diagnostics
+from .engd import engd, scale_by_engd
 from .hessian_free import hessian_free
-from .woodbury import engd_woodbury, spring
+from .step_size import (grid_line_search, scale_by_grid_line_search, scale_by_norm_constraint,
+                        step_size_chain)
+from .woodbury import engd_woodbury, scale_by_engd_woodbury, scale_by_spring, spring
 
 
 class _Spec(NamedTuple):
@@ -48,6 +69,9 @@ _REGISTRY = {
 }
 _PLANNED = {"kfac": "KFAC for PINNs (Dangel, Müller & Zeinhofer 2024) is planned, not implemented"}
 
+#: Arguments that :func:`inject_hyperparams` turns into state (numbers or schedules).
+HYPERPARAMS = ("damping", "momentum", "learning_rate", "norm_constraint")
+
 
 def names() -> list[str]:
     """Names accepted by :func:`make`."""
@@ -63,41 +87,95 @@ def _spec(name: str) -> _Spec:
         raise KeyError(f"unknown optimizer {name!r}; valid optimizers: {names()}") from None
 
 
+def hyperparameters(name: str) -> dict:
+    """``{hyper-parameter: default}`` of optimizer ``name`` (``inspect.Parameter.empty``
+    where required); ``residual_fn`` is not listed."""
+    sig = inspect.signature(_spec(name).factory)
+    return {k: p.default for k, p in sig.parameters.items() if k != "residual_fn"}
+
+
 def make(name: str, residual_fn, **hparams) -> optax.GradientTransformationExtraArgs:
-    """Build optimizer ``name`` for ``residual_fn`` with keyword hyper-parameters."""
+    """Build optimizer ``name`` for ``residual_fn`` with keyword hyper-parameters.
+
+    An unknown or missing hyper-parameter raises ``ValueError`` naming it and the valid ones.
+    """
     spec = _spec(name)
-    try:
-        return spec.factory(residual_fn, **hparams)
-    except TypeError as err:  # a missing or unknown hyper-parameter: say which optimizer
-        if "argument" not in str(err):
-            raise
-        raise ValueError(f"optimizer {name!r}: {err}") from None
+    valid = hyperparameters(name)
+    unknown = sorted(set(hparams) - set(valid))
+    if unknown:
+        raise ValueError(f"optimizer {name!r}: unknown hyper-parameter"
+                         f"{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                         f"valid: {', '.join(valid)}")
+    missing = [k for k, d in valid.items() if d is inspect.Parameter.empty and k not in hparams]
+    if missing:
+        raise ValueError(f"optimizer {name!r}: missing hyper-parameter"
+                         f"{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}")
+    return spec.factory(residual_fn, **hparams)
 
 
 def uses_grads(name: str) -> bool:
-    """Whether ``update`` reads its ``grads`` argument (False for the natural-gradient family)."""
+    """Whether ``update`` reads its ``grads`` argument (False for the natural-gradient family,
+    which is called with ``None``)."""
     return _spec(name).uses_grads
 
 
-def diagnostics(state) -> dict:
+def inject_hyperparams(factory: Callable, hyperparams=HYPERPARAMS) -> Callable:
+    """``optax.inject_hyperparams`` for the factories of this module.
+
+    The arguments named in ``hyperparams`` (those the factory has) become arrays in the state,
+    ``state.hyperparams[name]``, so that changing them (a λ sweep, a schedule) does not
+    recompile a jitted step; every other argument (``residual_fn``, ``solver``, sizes, seeds)
+    stays static.
+    """
+    params = inspect.signature(factory).parameters
+    static = tuple(k for k in params if k not in hyperparams)
+    return optax.inject_hyperparams(factory, static_args=static)
+
+
+def _unique(state, key, tuple_name=None):
+    def keep(path, value):
+        return tuple_name is None or getattr(path[-1], "tuple_name", None) == tuple_name
+
+    found = otu.tree_get_all_with_path(state, key, filtering=keep)
+    return found[0][1] if len(found) == 1 else None
+
+
+def diagnostics(state, updates=None) -> dict:
     """The last step's diagnostics as a dict of scalars ({} for the optax baselines).
 
-    Keys: ``loss``, ``step_size``, ``phi_norm``, ``nonfinite``, the solver's numerical events
-    (``jitter`` and ``cholesky_fallback`` for Cholesky solves, ``nystrom_shift`` and
-    ``shift_grown`` for the Nyström sketches; see :class:`Diagnostics`),
-    ``effective_dimension`` (when tracked) and ``damping`` (Hessian-free's adaptive λ).
+    Works on any chained or wrapped state (``optax.tree_utils``).  Keys: ``loss``,
+    ``phi_norm``, ``step_size``, ``nonfinite``, the solver's numerical events (``jitter`` and
+    ``cholesky_fallback`` for Cholesky solves, ``nystrom_shift`` and ``shift_grown`` for the
+    Nyström sketches; see :class:`Diagnostics`), ``effective_dimension`` (when tracked) and
+    ``damping`` (Hessian-free's adaptive λ).
+
+    ``step_size`` is the η actually applied, ‖updates‖ / ‖φ‖, when ``updates`` are given
+    (whatever blocks produced it: a line search, a schedule, a cap); otherwise the η recorded
+    by a line search (or Hessian-free's backtracking), and absent for a fixed η.
     """
-    diag = getattr(state, "diagnostics", None)
+    diag = _unique(state, "diagnostics")
     if not isinstance(diag, Diagnostics):
         return {}
     out = {k: v for k, v in diag._asdict().items() if v is not None}
-    if hasattr(state, "damping"):
-        out["damping"] = state.damping
+    if updates is not None:
+        norm = jnp.linalg.norm(ravel_pytree(updates)[0])
+        out["step_size"] = jnp.where(diag.phi_norm > 0, norm / jnp.where(diag.phi_norm > 0,
+                                                                            diag.phi_norm, 1.0),
+                                     0.0)
+    else:
+        eta = _unique(state, "step_size")
+        if eta is not None:
+            cap = _unique(state, "norm_scale")
+            out["step_size"] = eta if cap is None else eta * cap
+    hf_damping = _unique(state, "damping", "HessianFreeState")
+    if hf_damping is not None:
+        out["damping"] = hf_damping
     return out
 
 
 __all__ = [
     "EVENT_FIELDS",
+    "HYPERPARAMS",
     "Diagnostics",
     "adam",
     "diagnostics",
@@ -105,11 +183,19 @@ __all__ = [
     "engd_woodbury",
     "grid_line_search",
     "hessian_free",
+    "hyperparameters",
+    "inject_hyperparams",
     "lbfgs",
     "make",
     "names",
+    "scale_by_engd",
+    "scale_by_engd_woodbury",
+    "scale_by_grid_line_search",
+    "scale_by_norm_constraint",
+    "scale_by_spring",
     "sgd",
     "solvers",
     "spring",
+    "step_size_chain",
     "uses_grads",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import optax
 
-from .curvature import as_curvature
+from ..residuals import as_operator
 
 
 def sgd(residual_fn=None, learning_rate: float = 2.895e-3, momentum: float = 0.3):
@@ -24,7 +24,7 @@ def adam(residual_fn=None, learning_rate: float = 2.808e-4):
 
 def lbfgs(residual_fn, memory_size: int = 10, learning_rate=None):
     """optax L-BFGS with its zoom line search, on the loss ½‖r‖² of the current batch."""
-    curv = as_curvature(residual_fn)
+    op = as_operator(residual_fn)
     inner = optax.lbfgs(learning_rate=learning_rate, memory_size=memory_size)
 
     def init(params):
@@ -35,7 +35,7 @@ def lbfgs(residual_fn, memory_size: int = 10, learning_rate=None):
             raise ValueError("lbfgs needs update(grads, state, params, batch=batch)")
 
         def value_fn(p):
-            r = curv.residual(p, batch)
+            r = op(p, batch)
             return 0.5 * jnp.dot(r, r)
 
         return inner.update(grads, state, params, value=value_fn(params), grad=grads,

@@ -1,22 +1,21 @@
-"""Pieces shared by the optimizers: the grid line search, diagnostics, argument checks."""
+"""Pieces shared by the optimizers: diagnostics, hyper-parameter checks and values."""
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-
-#: η ∈ {2⁻³⁰, 2⁻²⁹, …, 2⁰}: the grid of the ENGD reference code (31 values).
-LINE_SEARCH_GRID_EXPONENTS = tuple(range(-30, 1))
+import numpy as np
 
 
 class Diagnostics(NamedTuple):
-    """Per-step scalars, kept in the optimizer state (see :func:`pinn_ng.optim.diagnostics`).
+    """Per-step scalars a direction block keeps in its state (read them with
+    :func:`pinn_ng.optim.diagnostics`, which also adds the step size of the chain).
 
-    ``loss``: ½‖r‖² at the parameters before the step, on the step's batch.  ``step_size``: η
-    applied (0 when the line search found no decrease).  ``phi_norm``: ‖φ‖ of the direction.
-    ``effective_dimension``: tr(K(K+λI)⁻¹) or None when not tracked.
+    ``loss``: ½‖r‖² at the parameters before the step, on the step's batch.  ``phi_norm``:
+    ‖φ‖ of the direction.  ``effective_dimension``: tr(K(K+λI)⁻¹) or None when not tracked.
 
     Numerical events, each its own field (None where the solver has no such event):
 
@@ -26,14 +25,13 @@ class Diagnostics(NamedTuple):
       fallback ran.
     - ``nystrom_shift``: the shift ν the Nyström sketch used; ``shift_grown``: 1 if ν had to
       grow past its default for the core Cholesky to succeed.
-    - ``nonfinite``: 1 if the direction was non-finite and the step was skipped (parameters
-      left unchanged, never NaN).
+    - ``nonfinite``: 1 if the direction was non-finite and the step was skipped (the direction
+      is replaced by zeros, so parameters are left unchanged, never NaN).
 
     None of these ends a run: the training loop stops only on a non-finite loss or parameters.
     """
 
     loss: jax.Array
-    step_size: jax.Array
     phi_norm: jax.Array
     effective_dimension: jax.Array | None = None
     jitter: jax.Array | None = None
@@ -55,69 +53,88 @@ def empty_diagnostics(dtype, track_effective_dimension: bool = False,
     zero = jnp.zeros((), dtype)
     chol = solver == "cholesky"
     nys = solver is not None and solver.startswith("nystrom")
-    return Diagnostics(nan, zero, zero, nan if track_effective_dimension else None,
+    return Diagnostics(nan, zero, nan if track_effective_dimension else None,
                        jitter=zero if chol else None,
                        cholesky_fallback=zero if chol else None,
                        nystrom_shift=zero if nys else None,
                        shift_grown=zero if nys else None, nonfinite=zero)
 
 
-def grid_line_search(loss_of_flat: Callable, flat, direction, loss0):
-    """Step size from the grid that minimises the loss along −direction on the current batch.
+def _is_array(value) -> bool:
+    return isinstance(value, (jax.Array, np.ndarray, np.generic))
 
-    The 31 candidate losses ``loss_of_flat(flat − η·direction)`` are evaluated in one batched
-    (vmapped) pass.  Non-finite candidate losses count as +inf.  If no candidate lowers the loss
-    below ``loss0``, the step size is 0 (no step).  Returns ``(eta, losses)``.
+
+def _concrete_float(value):
+    """float(value) for a Python number or concrete scalar array; None if traced."""
+    if _is_array(value):
+        if isinstance(value, jax.core.Tracer):
+            return None
+        if np.ndim(value) != 0:
+            raise ValueError(f"expected a scalar, got an array of shape {np.shape(value)}")
+        return float(value)
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def check_scalar_or_schedule(name: str, value, lo: float, hi: float = math.inf,
+                             lo_open: bool = False, hi_open: bool = True):
+    """Validate an ``optax.ScalarOrSchedule`` hyper-parameter; return it unchanged.
+
+    A schedule (callable of the step count) and a traced array pass unchecked (their values
+    are only known inside the step); a number or concrete array must lie in the interval.
     """
-    etas = 2.0 ** jnp.asarray(LINE_SEARCH_GRID_EXPONENTS, flat.dtype)
-    losses = jax.vmap(lambda eta: loss_of_flat(flat - eta * direction))(etas)
-    losses = jnp.where(jnp.isfinite(losses), losses, jnp.inf)
-    i = jnp.argmin(losses)
-    eta = jnp.where(losses[i] < loss0, etas[i], jnp.zeros((), flat.dtype))
-    return eta, losses
-
-
-def step_size(learning_rate, residual: Callable, unravel: Callable, batch, flat, direction,
-              loss0):
-    """η for θ ← θ − η·direction: the fixed ``learning_rate``, or the grid line search of the
-    loss ½‖residual(θ, batch)‖² on the current batch when it is ``"line_search"``."""
-    if learning_rate != "line_search":
-        return jnp.asarray(learning_rate, flat.dtype)
-
-    def loss_of_flat(w):
-        res = residual(unravel(w), batch)
-        return 0.5 * jnp.dot(res, res)
-
-    return grid_line_search(loss_of_flat, flat, direction, loss0)[0]
-
-
-def check_damping(damping) -> float:
+    if callable(value):
+        return value
     try:
-        value = float(damping)
+        x = _concrete_float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"damping (λ) must be a number >= 0, got {damping!r}") from None
-    if not value >= 0.0 or value == float("inf"):
-        raise ValueError(f"damping (λ) must be finite and >= 0, got {damping!r}")
+        raise ValueError(f"{name} must be a number or a schedule, got {value!r}") from None
+    if x is None:
+        return value
+    ok = (x > lo if lo_open else x >= lo) and (x < hi if hi_open else x <= hi)
+    if not ok or math.isnan(x):
+        if hi == math.inf:
+            what = "positive and finite" if lo == 0 and lo_open else f">= {lo:g} and finite"
+            raise ValueError(f"{name} must be {what}, got {value!r}")
+        lb, rb = "(" if lo_open else "[", ")" if hi_open else "]"
+        raise ValueError(f"{name} must be in {lb}{lo:g}, {hi:g}{rb}, got {value!r}")
     return value
+
+
+def value_at(hyperparam, count, dtype):
+    """The value of a ScalarOrSchedule at step ``count`` (0-based, as optax schedules)."""
+    return jnp.asarray(hyperparam(count) if callable(hyperparam) else hyperparam, dtype)
+
+
+def is_static_zero(value) -> bool:
+    """True for a Python number equal to 0 (a branch can be skipped at trace time)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0
+
+
+def require_first(updates, name: str) -> None:
+    """Blocks that build their direction from r and J must not silently drop ``updates``."""
+    if updates is not None:
+        raise ValueError(
+            f"{name} builds its direction from the residuals r and their Jacobian J, not from "
+            "incoming updates; it must come first in an optax.chain and be called as "
+            "update(None, state, params, batch=batch). Got updates (a gradient, or the output "
+            "of an earlier transform such as clipping): put such transforms after it.")
+
+
+def check_damping(damping):
+    """λ: a ScalarOrSchedule, finite and >= 0."""
+    return check_scalar_or_schedule("damping (λ)", damping, 0.0)
 
 
 def check_learning_rate(learning_rate):
-    """``"line_search"`` or a positive finite float."""
+    """``"line_search"``, or η as a ScalarOrSchedule (positive and finite)."""
     if isinstance(learning_rate, str):
         if learning_rate != "line_search":
-            raise ValueError(
-                f"learning_rate must be a positive float or 'line_search', got {learning_rate!r}"
-            )
+            raise ValueError("learning_rate must be a positive number, a schedule or "
+                             f"'line_search', got {learning_rate!r}")
         return learning_rate
-    try:
-        value = float(learning_rate)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"learning_rate must be a positive float or 'line_search', got {learning_rate!r}"
-        ) from None
-    if not (value > 0.0 and value < float("inf")):
-        raise ValueError(f"learning_rate must be positive and finite, got {learning_rate!r}")
-    return value
+    return check_scalar_or_schedule("learning_rate (η)", learning_rate, 0.0, lo_open=True)
 
 
 def safe_direction(direction):

@@ -4,6 +4,8 @@
 reference code: an exponential moving average of G (``ema`` in {0, .3, .6, .9}) and starting
 that average from the identity (``init_identity``).  Cost O(N P²) for G plus O(P³) for its
 Cholesky, and P² memory: at the paper's 10d size (P = 118,145) G alone needs 112 GB.
+
+:func:`engd` = ``optax.chain(scale_by_engd(...), step_size_chain(...))``.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from .common import (Diagnostics, check_damping, check_learning_rate, empty_diagnostics,
-                     safe_direction, step_size)
-from .curvature import as_curvature
+from ..residuals import as_operator
+from .common import (Diagnostics, check_damping, empty_diagnostics, require_first,
+                     safe_direction, value_at)
 from .solvers import cholesky_solve, lstsq_solve
+from .step_size import step_size_chain
 
 #: How the P x P system (G + λI) φ = ∇L is solved.
 ENGD_SOLVERS = ("cholesky", "lstsq")
@@ -30,26 +33,16 @@ class EngdState(NamedTuple):
     diagnostics: Diagnostics
 
 
-def engd(residual_fn, damping, learning_rate="line_search", ema: float = 0.0,
-         init_identity: bool = False,
-         solver: str = "cholesky") -> optax.GradientTransformationExtraArgs:
-    """Parameter-space ENGD.
+def scale_by_engd(residual_fn, damping, ema: float = 0.0, init_identity: bool = False,
+                  solver: str = "cholesky") -> optax.GradientTransformationExtraArgs:
+    """The ENGD direction φ = (G + λI)⁻¹ Jᵀr as a pytree (uphill, like a gradient).
 
-    Args:
-      residual_fn: as for :func:`pinn_ng.optim.engd_woodbury`.
-      damping: λ (5d best: 1e-8, no EMA, G initialised to I).
-      learning_rate: float η or ``"line_search"`` (the reference code's grid search).
-      ema: factor β of G_k = β G_{k−1} + (1 − β) J_kᵀJ_k; 0 uses the current Gramian only.
-      init_identity: start the average from G_0 = I instead of 0 (no effect when ema = 0).
-      solver: ``"cholesky"`` (O(P³/3), with the jitter policy of
-        :func:`~pinn_ng.optim.solvers.cholesky_solve`) or ``"lstsq"``: minimum-norm least
-        squares by SVD, what the ENGD reference code runs on the CPU (LAPACK gelsd).  The paper's
-        "> 30x iteration speed" of ENGD-W is measured against that solver; on a 2-core CPU at
-        P = 10,065 it costs several times a Cholesky step (``python bench/optim_speed.py``).
+    Must come first in a chain and be called with ``updates=None`` and ``batch=``: it builds
+    φ from r and J.  ``damping`` (λ) may be a number, an array or a schedule.  Other
+    arguments as :func:`engd`.
     """
-    curv = as_curvature(residual_fn)
+    op = as_operator(residual_fn)
     damping = check_damping(damping)
-    learning_rate = check_learning_rate(learning_rate)
     if not (isinstance(ema, (int, float)) and 0.0 <= ema < 1.0):
         raise ValueError(f"ema must be in [0, 1), got {ema!r}")
     ema = float(ema)
@@ -62,28 +55,50 @@ def engd(residual_fn, damping, learning_rate="line_search", ema: float = 0.0,
         if ema > 0.0:
             p = flat.shape[0]
             gram = jnp.eye(p, dtype=flat.dtype) if init_identity else jnp.zeros((p, p), flat.dtype)
-        return EngdState(gram, jnp.zeros((), jnp.int32), empty_diagnostics(flat.dtype, solver=solver))
+        return EngdState(gram, jnp.zeros((), jnp.int32),
+                         empty_diagnostics(flat.dtype, solver=solver))
 
     def update(updates, state, params=None, *, batch=None, **extra_args):
-        del updates, extra_args
+        del extra_args
+        require_first(updates, "scale_by_engd")
         if params is None or batch is None:
-            raise ValueError("engd needs update(grads, state, params, batch=batch)")
+            raise ValueError("engd needs update(None, state, params, batch=batch)")
         flat, unravel = ravel_pytree(params)
-        r, jac = curv.residual_and_jacobian(params, batch)
-        loss0 = 0.5 * jnp.dot(r, r)
+        lam = value_at(damping, state.count, flat.dtype)
+        r, jac = op.residual_and_jacobian(params, batch)
         gram = jac.T @ jac
         if ema > 0.0:
             gram = ema * state.gramian + (1.0 - ema) * gram
         if solver == "lstsq":
-            u, events = lstsq_solve(gram, damping, jac.T @ r), {}
+            u, events = lstsq_solve(gram, lam, jac.T @ r), {}
         else:
-            sol = cholesky_solve(gram, damping, jac.T @ r)
+            sol = cholesky_solve(gram, lam, jac.T @ r)
             u, events = sol.u, {"jitter": sol.jitter, "cholesky_fallback": sol.fallback}
         direction, nonfinite = safe_direction(u)
-        phi_norm = jnp.linalg.norm(direction)
-        eta = step_size(learning_rate, curv.residual, unravel, batch, flat, direction, loss0)
-        diag = Diagnostics(loss0, eta, phi_norm, nonfinite=nonfinite, **events)
-        new_state = EngdState(gram if ema > 0.0 else None, state.count + 1, diag)
-        return unravel(-eta * direction), new_state
+        diag = Diagnostics(0.5 * jnp.dot(r, r), jnp.linalg.norm(direction), nonfinite=nonfinite,
+                           **events)
+        return unravel(direction), EngdState(gram if ema > 0.0 else None, state.count + 1, diag)
 
     return optax.GradientTransformationExtraArgs(init, update)
+
+
+def engd(residual_fn, damping, learning_rate="line_search", ema: float = 0.0,
+         init_identity: bool = False,
+         solver: str = "cholesky") -> optax.GradientTransformationExtraArgs:
+    """Parameter-space ENGD: ``chain(scale_by_engd(...), step_size_chain(...))``.
+
+    Args:
+      residual_fn: as for :func:`pinn_ng.optim.engd_woodbury`.
+      damping: λ (5d best: 1e-8, no EMA, G initialised to I); a number or a schedule.
+      learning_rate: η (a number or a schedule) or ``"line_search"`` (the reference code's
+        grid search).
+      ema: factor β of G_k = β G_{k−1} + (1 − β) J_kᵀJ_k; 0 uses the current Gramian only.
+      init_identity: start the average from G_0 = I instead of 0 (no effect when ema = 0).
+      solver: ``"cholesky"`` (O(P³/3), with the jitter policy of
+        :func:`~pinn_ng.optim.solvers.cholesky_solve`) or ``"lstsq"``: minimum-norm least
+        squares by SVD, what the ENGD reference code runs on the CPU (LAPACK gelsd).  The paper's
+        "> 30x iteration speed" of ENGD-W is measured against that solver; on a 2-core CPU at
+        P = 10,065 it costs several times a Cholesky step (``python bench/optim_speed.py``).
+    """
+    return optax.chain(scale_by_engd(residual_fn, damping, ema, init_identity, solver),
+                       step_size_chain(residual_fn, learning_rate))

@@ -13,6 +13,10 @@ exactly ENGD-W.  Step k = 1, 2, …:
 with η_k = min(η, √C / ‖direction‖) for a fixed η and norm constraint C (so the step never
 exceeds norm √C; C = 1e-3 in the reference code, ``norm_constraint=None`` disables the cap),
 or η_k from the grid line search.
+
+Blocks: :func:`scale_by_engd_woodbury` and :func:`scale_by_spring` give the direction;
+:mod:`~pinn_ng.optim.step_size` turns it into the step.  :func:`engd_woodbury` and
+:func:`spring` chain them.
 """
 
 from __future__ import annotations
@@ -25,11 +29,13 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from .common import (Diagnostics, check_damping, check_learning_rate, empty_diagnostics,
-                     safe_direction, step_size)
-from .curvature import KERNELS, as_curvature, kernel_blocked, kernel_lower_from_jacobian
+from ..residuals import as_operator, has_row_blocks
+from .common import (Diagnostics, check_damping, check_scalar_or_schedule, empty_diagnostics,
+                     is_static_zero, require_first, safe_direction, value_at)
+from .kernels import KERNELS, kernel_from_row_blocks, kernel_lower_from_jacobian
 from .solvers import (SOLVERS, cholesky_solve, nystrom_gpu, nystrom_standard, pcg,
                       symmetrize_lower)
+from .step_size import DEFAULT_NORM_CONSTRAINT, step_size_chain
 
 
 class SampleSpaceState(NamedTuple):
@@ -62,40 +68,26 @@ def _resolve_sketch(sketch_size, n: int) -> int:
     return ell
 
 
-def sample_space(
-    residual_fn,
-    damping,
-    momentum: float = 0.0,
-    learning_rate="line_search",
-    norm_constraint: float | None = None,
-    solver: str = "cholesky",
-    sketch_size=None,
-    seed: int = 0,
-    pcg_iters: int = 5,
-    nystrom_shift: float | None = None,
-    kernel: str = "dense",
-    block_size: int = 512,
-    track_effective_dimension: bool = False,
-) -> optax.GradientTransformationExtraArgs:
-    """The common implementation behind :func:`engd_woodbury` and :func:`spring`."""
-    curv = as_curvature(residual_fn)
+def _sample_space(name, residual_fn, damping, momentum, solver, sketch_size, seed, pcg_iters,
+                  nystrom_shift, kernel, block_size, track_effective_dimension):
+    """The direction block behind :func:`scale_by_engd_woodbury` and :func:`scale_by_spring`.
+
+    ``momentum`` may be a Python 0 (ENGD-W: no J·φ product), a number, an array or a schedule.
+    """
+    op = as_operator(residual_fn)
     damping = check_damping(damping)
-    if not (isinstance(momentum, (int, float)) and 0.0 <= momentum < 1.0):
-        raise ValueError(f"momentum (μ) must be in [0, 1), got {momentum!r}")
-    momentum = float(momentum)
-    learning_rate = check_learning_rate(learning_rate)
-    if norm_constraint is not None and not (float(norm_constraint) > 0.0):
-        raise ValueError(f"norm_constraint (C) must be > 0 or None, got {norm_constraint!r}")
+    momentum = check_scalar_or_schedule("momentum (μ)", momentum, 0.0, 1.0)
+    use_momentum = not is_static_zero(momentum)
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; valid: {list(SOLVERS)}")
     sketch_size = _check_sketch_size(sketch_size, solver)
-    if solver != "cholesky" and damping == 0.0:
+    if solver != "cholesky" and is_static_zero(damping):
         raise ValueError(f"solver {solver!r} needs damping (λ) > 0: its solve divides by λ")
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel mode {kernel!r}; valid: {list(KERNELS)}")
-    if kernel == "blocked" and not curv.fast:
-        raise ValueError("kernel='blocked' needs the fast residual function "
-                         "problem.residual_fn(apply), not a plain callable")
+    if kernel == "blocked" and not has_row_blocks(op):
+        raise ValueError("kernel='blocked' needs a residual operator with row_blocks, e.g. "
+                         "pinn_ng.residuals.ResidualFn(problem, apply), not a plain callable")
     if not (isinstance(block_size, int) and block_size > 0):
         raise ValueError(f"block_size must be a positive int, got {block_size!r}")
     if not (isinstance(pcg_iters, int) and pcg_iters > 0):
@@ -111,16 +103,18 @@ def sample_space(
         )
 
     def update(updates, state, params=None, *, batch=None, **extra_args):
-        del updates, extra_args  # the step is built from r and J, not from the gradient
+        del extra_args
+        require_first(updates, name)
         if params is None or batch is None:
-            raise ValueError("this optimizer needs update(grads, state, params, batch=batch)")
+            raise ValueError(f"{name} needs update(None, state, params, batch=batch)")
         flat, unravel = ravel_pytree(params)
         dtype = flat.dtype
+        lam = value_at(damping, state.count, dtype)
         count = state.count + 1
         key, sketch_key = jax.random.split(state.key)
 
         if kernel == "dense":
-            r, jac = curv.residual_and_jacobian(params, batch)
+            r, jac = op.residual_and_jacobian(params, batch)
 
             def jv(v):
                 return jac @ v
@@ -134,14 +128,14 @@ def sample_space(
             def k_lower():
                 return kernel_lower_from_jacobian(jac, mirror=False)
         else:
-            r = curv.residual(params, batch)
-            k_blk = kernel_blocked(curv.source, params, batch, block_size)
+            r = op(params, batch)
+            k_blk = kernel_from_row_blocks(op.row_blocks(params, batch, block_size), dtype)
 
             def jv(v):
-                return curv.jvp(params, batch, v)
+                return op.jvp(params, batch, v)
 
             def jtu(u):
-                return curv.vjp(params, batch, u)
+                return op.vjp(params, batch, u)
 
             def kmatmul(v):
                 return symmetrize_lower(k_blk) @ v
@@ -150,16 +144,19 @@ def sample_space(
                 return k_blk
 
         n = r.shape[0]
-        loss0 = 0.5 * jnp.dot(r, r)
-        zeta = r - momentum * jv(state.phi) if momentum > 0.0 else r
+        if use_momentum:
+            mu = value_at(momentum, state.count, dtype)
+            zeta = r - mu * jv(state.phi)
+        else:
+            zeta = r
         d_eff = None
         if solver == "cholesky":
-            sol = cholesky_solve(k_lower(), damping, zeta, track_effective_dimension)
+            sol = cholesky_solve(k_lower(), lam, zeta, track_effective_dimension)
             u, d_eff = sol.u, sol.effective_dimension
             events = {"jitter": sol.jitter, "cholesky_fallback": sol.fallback}
         elif solver == "nystrom_gpu":
             ny = nystrom_gpu(kmatmul, n, _resolve_sketch(sketch_size, n), sketch_key, dtype,
-                             damping, nystrom_shift)
+                             lam, nystrom_shift)
             u = ny.solve(zeta)
             events = {"nystrom_shift": ny.shift, "shift_grown": ny.shift_grown}
             d_eff = ny.effective_dimension() if track_effective_dimension else None
@@ -167,68 +164,120 @@ def sample_space(
             ny = nystrom_standard(kmatmul, n, _resolve_sketch(sketch_size, n), sketch_key, dtype)
             events = {"nystrom_shift": ny.shift, "shift_grown": ny.shift_grown}
             if solver == "nystrom":
-                u = ny.solve(zeta, damping)
+                u = ny.solve(zeta, lam)
             else:
-                u = pcg(lambda v: kmatmul(v[:, None])[:, 0], zeta, damping, ny, pcg_iters)
-            d_eff = ny.effective_dimension(damping) if track_effective_dimension else None
+                u = pcg(lambda v: kmatmul(v[:, None])[:, 0], zeta, lam, ny, pcg_iters)
+            d_eff = ny.effective_dimension(lam) if track_effective_dimension else None
 
-        phi = jtu(u) + momentum * state.phi if momentum > 0.0 else jtu(u)
-        if momentum > 0.0:
-            correction = 1.0 / jnp.sqrt(1.0 - momentum ** (2 * count.astype(dtype)))
-            direction = phi * correction
+        if use_momentum:
+            phi = jtu(u) + mu * state.phi
+            direction = phi / jnp.sqrt(1.0 - mu ** (2 * count.astype(dtype)))
         else:
-            direction = phi
+            phi = direction = jtu(u)
         direction, nonfinite = safe_direction(direction)
         phi = jnp.where(nonfinite > 0, state.phi, phi)
-        phi_norm = jnp.linalg.norm(direction)
-
-        eta = step_size(learning_rate, curv.residual, unravel, batch, flat, direction, loss0)
-        if learning_rate != "line_search" and norm_constraint is not None:
-            cap = math.sqrt(norm_constraint) / jnp.maximum(phi_norm, jnp.finfo(dtype).tiny)
-            eta = jnp.minimum(eta, cap)
-
-        diag = Diagnostics(loss0, eta, phi_norm, d_eff, nonfinite=nonfinite, **events)
+        diag = Diagnostics(0.5 * jnp.dot(r, r), jnp.linalg.norm(direction), d_eff,
+                           nonfinite=nonfinite, **events)
         new_state = SampleSpaceState(phi=phi, count=count, key=key, diagnostics=diag)
-        return unravel(-eta * direction), new_state
+        return unravel(direction), new_state
 
     return optax.GradientTransformationExtraArgs(init, update)
 
 
+def scale_by_engd_woodbury(residual_fn, damping, solver: str = "cholesky", sketch_size=None,
+                           seed: int = 0, pcg_iters: int = 5, nystrom_shift=None,
+                           kernel: str = "dense", block_size: int = 512,
+                           track_effective_dimension: bool = False
+                           ) -> optax.GradientTransformationExtraArgs:
+    """The ENGD-W direction φ = Jᵀ(K + λI)⁻¹ r as a pytree (uphill, like a gradient).
+
+    Must come first in a chain and be called with ``updates=None`` and ``batch=``: it builds
+    φ from r and J.  ``damping`` (λ) may be a number, an array or a schedule.  Other
+    arguments as :func:`engd_woodbury`.
+    """
+    return _sample_space("scale_by_engd_woodbury", residual_fn, damping, 0.0, solver,
+                         sketch_size, seed, pcg_iters, nystrom_shift, kernel, block_size,
+                         track_effective_dimension)
+
+
+def scale_by_spring(residual_fn, damping, momentum, solver: str = "cholesky", sketch_size=None,
+                    seed: int = 0, pcg_iters: int = 5, nystrom_shift=None,
+                    kernel: str = "dense", block_size: int = 512,
+                    track_effective_dimension: bool = False
+                    ) -> optax.GradientTransformationExtraArgs:
+    """SPRING's bias-corrected direction φ_k / √(1 − μ^{2k}) as a pytree (Algorithm 1).
+
+    φ_k (uncorrected) is kept in the state.  ``damping`` (λ) and ``momentum`` (μ ∈ [0, 1)) may
+    be numbers, arrays or schedules; a Python μ = 0 is exactly :func:`scale_by_engd_woodbury`.
+    Must come first in a chain (``updates=None``, ``batch=``).
+    """
+    return _sample_space("scale_by_spring", residual_fn, damping, momentum, solver, sketch_size,
+                         seed, pcg_iters, nystrom_shift, kernel, block_size,
+                         track_effective_dimension)
+
+
 def engd_woodbury(residual_fn, damping, learning_rate="line_search", solver: str = "cholesky",
-                  sketch_size=None, seed: int = 0, **options):
+                  sketch_size=None, seed: int = 0, pcg_iters: int = 5, nystrom_shift=None,
+                  kernel: str = "dense", block_size: int = 512,
+                  track_effective_dimension: bool = False) -> optax.GradientTransformationExtraArgs:
     """ENGD-W: φ = Jᵀ(K + λI)⁻¹ r, the ENGD direction computed in sample space.
 
+    ``chain(scale_by_engd_woodbury(...), step_size_chain(residual_fn, learning_rate))``.
+
     Args:
-      residual_fn: ``problem.residual_fn(apply)`` (fast, per-point J) or any callable
+      residual_fn: ``ResidualFn(problem, apply)`` (fast, per-point J) or any callable
         ``(params, batch) -> r`` (J by ``jax.jacrev``: small problems only).
-      damping: λ in the paper (5d best: 3.17e-12 with line search, 6.80e-8 with η = 5.23e-2).
-      learning_rate: a float η, or ``"line_search"`` (grid 2⁻³⁰…2⁰ on the current batch).
+      damping: λ in the paper (5d best: 3.17e-12 with line search, 6.80e-8 with η = 5.23e-2);
+        a number, an array or a schedule.
+      learning_rate: η (a number or a schedule), or ``"line_search"`` (grid 2⁻³⁰…2⁰ on the
+        current batch).
       solver: ``"cholesky"`` (exact), ``"nystrom"`` (standard randomized Nyström),
         ``"nystrom_gpu"`` (paper's Alg. 2), ``"nystrom_pcg"`` (Nyström-preconditioned CG,
         ``pcg_iters`` iterations, 5 in the reference code).
       sketch_size: ℓ for the Nyström solvers: an int, or a fraction of N (paper: 0.1).
       seed: seed of the sketches; the key in the state advances every step.
-      **options: ``kernel`` ("dense" | "blocked"), ``block_size``, ``pcg_iters``,
-        ``nystrom_shift``, ``track_effective_dimension``.
+      pcg_iters, nystrom_shift: see ``solver`` and :func:`~pinn_ng.optim.solvers.nystrom_gpu`.
+      kernel: ``"dense"`` (J held, K from its lower blocks) or ``"blocked"`` (memory-lean: J
+        recomputed in ``block_size``-row blocks; see :mod:`pinn_ng.optim.kernels`).
+      track_effective_dimension: also report tr(K(K+λI)⁻¹) in the diagnostics.
     """
-    return sample_space(residual_fn, damping, momentum=0.0, learning_rate=learning_rate,
-                        norm_constraint=None, solver=solver, sketch_size=sketch_size, seed=seed,
-                        **options)
+    return optax.chain(
+        scale_by_engd_woodbury(residual_fn, damping, solver, sketch_size, seed, pcg_iters,
+                               nystrom_shift, kernel, block_size, track_effective_dimension),
+        step_size_chain(residual_fn, learning_rate))
 
 
 def spring(residual_fn, damping, momentum, learning_rate="line_search",
-           norm_constraint: float | None = 1e-3, solver: str = "cholesky", sketch_size=None,
-           seed: int = 0, **options):
+           norm_constraint=DEFAULT_NORM_CONSTRAINT, solver: str = "cholesky", sketch_size=None,
+           seed: int = 0, pcg_iters: int = 5, nystrom_shift=None, kernel: str = "dense",
+           block_size: int = 512,
+           track_effective_dimension: bool = False) -> optax.GradientTransformationExtraArgs:
     """SPRING for PINNs (paper's Algorithm 1): ENGD-W with momentum μ and bias correction.
 
-    Args as :func:`engd_woodbury`, plus ``momentum`` (μ in [0, 1); 5d best with line search
-    0.3115, with η = 6.35e-2: 0.827) and ``norm_constraint`` (C: with a fixed η the step is
-    min(η, √C/‖direction‖)·direction; 1e-3 as in the reference code; None disables; ignored
-    with the line search).  μ = 0 and ``norm_constraint=None`` give ENGD-W exactly.
+    ``chain(scale_by_spring(...), step_size_chain(residual_fn, learning_rate, C))``.
+
+    Args as :func:`engd_woodbury`, plus ``momentum`` (μ in [0, 1), a number or a schedule; 5d
+    best with line search 0.3115, with η = 6.35e-2: 0.827) and ``norm_constraint`` (C: with a
+    fixed or scheduled η the step is min(η, √C/‖direction‖)·direction; 1e-3 as in the
+    reference code; None disables).  As in the paper's reference code, the cap is *not*
+    applied after the grid line search: with ``learning_rate="line_search"`` pass the default C
+    or None (any other C raises, so that it is never silently ignored).  μ = 0 and
+    ``norm_constraint=None`` give ENGD-W exactly.
     """
-    return sample_space(residual_fn, damping, momentum=momentum, learning_rate=learning_rate,
-                        norm_constraint=norm_constraint, solver=solver, sketch_size=sketch_size,
-                        seed=seed, **options)
+    if isinstance(learning_rate, str):
+        if norm_constraint is not None and not (
+                isinstance(norm_constraint, float) and norm_constraint == DEFAULT_NORM_CONSTRAINT):
+            raise ValueError(
+                "norm_constraint (C) applies only with a fixed or scheduled learning_rate, as "
+                "in the paper's reference code; with learning_rate='line_search' pass "
+                "norm_constraint=None (or chain scale_by_norm_constraint after the line search "
+                f"yourself), got {norm_constraint!r}")
+        norm_constraint = None
+    return optax.chain(
+        scale_by_spring(residual_fn, damping, momentum, solver, sketch_size, seed, pcg_iters,
+                        nystrom_shift, kernel, block_size, track_effective_dimension),
+        step_size_chain(residual_fn, learning_rate, norm_constraint))
 
 
-__all__ = ["engd_woodbury", "spring", "SampleSpaceState"]
+__all__ = ["SampleSpaceState", "engd_woodbury", "scale_by_engd_woodbury", "scale_by_spring",
+           "spring"]

@@ -312,6 +312,7 @@ def plan(config: dict, schema_path=None, check_optimizers: bool = True) -> Plan:
 def check_hyperparameters(p: Plan) -> None:
     """Build every (optimizer, hyper-parameters) pair once; raise :class:`ConfigError` on failure."""
     from .. import models, optim, problems
+    from ..residuals import ResidualFn
 
     seen = set()
     for spec in p.runs.values():
@@ -320,7 +321,7 @@ def check_hyperparameters(p: Plan) -> None:
             continue
         seen.add(key)
         problem = problems.get(spec["problem"])
-        residual_fn = problem.residual_fn(models.mlp(spec["widths"], dtype="float32").apply)
+        residual_fn = ResidualFn(problem, models.mlp(spec["widths"], dtype="float32").apply)
         try:
             optim.make(spec["optimizer"], residual_fn, **spec["hparams"])
         except (KeyError, TypeError, ValueError) as err:

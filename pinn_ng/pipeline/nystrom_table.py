@@ -112,13 +112,14 @@ def kernel(problem_name: str, n: int, widths=None, dtype="float64", seed: int = 
     import jax
 
     from .. import models, problems
+    from ..residuals import ResidualFn
 
     problem = problems.get(problem_name)
     n_b = max(1, round(n * problem.n_boundary / (problem.n_interior + problem.n_boundary)))
     init, apply = models.mlp(widths or problem.widths, dtype=dtype)
     params = init(jax.random.PRNGKey(1))
     batch = problem.sample(jax.random.PRNGKey(seed), n - n_b, n_b, dtype)
-    jac = problem.residual_fn(apply).jacobian(params, batch)
+    jac = ResidualFn(problem, apply).jacobian(params, batch)
     return jax.block_until_ready(jac @ jac.T)
 
 

@@ -65,6 +65,7 @@ def run(spec: dict, out_dir, progress=None) -> dict:
     import jax
 
     from .. import enable_x64, models, optim, problems, train
+    from ..residuals import ResidualFn
     from ..precision import resolve_dtype
 
     if spec["dtype"] in ("float64", "f64", "double"):
@@ -73,7 +74,7 @@ def run(spec: dict, out_dir, progress=None) -> dict:
     problem = problems.get(spec["problem"])
     init, apply = models.mlp(spec["widths"], dtype=dtype)
     params = init(jax.random.PRNGKey(spec["model_seed"]))
-    residual_fn = problem.residual_fn(apply)
+    residual_fn = ResidualFn(problem, apply)
     optimizer = optim.make(spec["optimizer"], residual_fn, **spec["hparams"])
     try:
         result = train.train(

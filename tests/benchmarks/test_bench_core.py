@@ -23,6 +23,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from pinn_ng import models, operators, problems
+from pinn_ng.residuals import ResidualFn
 
 RTOL = 1e-10
 ROUNDS = 10
@@ -67,7 +68,7 @@ def test_laplacian_5d(benchmark, net5d, method):
 def test_jacobian_5d(benchmark, net5d):
     problem, apply, params = net5d
     batch = problem.sample(jax.random.PRNGKey(0), *N_JACOBIAN)
-    residual_fn = problem.residual_fn(apply)
+    residual_fn = ResidualFn(problem, apply)
     compiled = jax.jit(residual_fn.jacobian).lower(params, batch).compile()
     jac = compiled(params, batch)
     flat, _ = ravel_pytree(params)

@@ -16,6 +16,7 @@ import pytest
 
 from pinn_ng import models, optim, problems
 from pinn_ng.optim import solvers
+from pinn_ng.residuals import ResidualFn
 
 ROUNDS = 5
 N = (600, 100)
@@ -27,7 +28,7 @@ def setup5d():
     init, apply = models.mlp(problem.widths)
     params = init(jax.random.PRNGKey(1))
     batch = problem.sample(jax.random.PRNGKey(0), *N)
-    return problem.residual_fn(apply), params, batch
+    return ResidualFn(problem, apply), params, batch
 
 
 STEPS = {

@@ -1,0 +1,142 @@
+"""Step-size blocks: the grid line search and the norm cap, as optax transformations.
+
+They come after a direction block (``scale_by_engd``, ``scale_by_engd_woodbury``,
+``scale_by_spring``), which emits the direction d (a pytree, pointing uphill like a
+gradient), and turn it into the update −η·d:
+
+- a fixed or scheduled η: ``optax.scale_by_learning_rate(η)``;
+- :func:`scale_by_grid_line_search`: η from the grid 2⁻³⁰…2⁰ on the current batch;
+- :func:`scale_by_norm_constraint`: caps the step at norm √C, after a fixed η.
+
+:func:`step_size_chain` assembles them as the paper's reference code does.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.flatten_util import ravel_pytree
+
+from .common import check_learning_rate, check_scalar_or_schedule, value_at
+from ..residuals import as_operator
+
+#: η ∈ {2⁻³⁰, 2⁻²⁹, …, 2⁰}: the grid of the ENGD reference code (31 values).
+LINE_SEARCH_GRID_EXPONENTS = tuple(range(-30, 1))
+
+
+def grid_line_search(loss_of_flat: Callable, flat, direction, loss0=None):
+    """Step size from the grid that minimises the loss along −direction on the current batch.
+
+    The 31 candidate losses ``loss_of_flat(flat − η·direction)`` are evaluated in one batched
+    (vmapped) pass; with ``loss0=None`` the loss at η = 0 is evaluated in the same pass.
+    Non-finite candidate losses count as +inf.  If no candidate lowers the loss below
+    ``loss0``, the step size is 0 (no step).  Returns ``(eta, losses)`` (the 31 grid losses).
+    """
+    etas = 2.0 ** jnp.asarray(LINE_SEARCH_GRID_EXPONENTS, flat.dtype)
+    if loss0 is None:
+        with_zero = jnp.concatenate([jnp.zeros((1,), flat.dtype), etas])
+        all_losses = jax.vmap(lambda eta: loss_of_flat(flat - eta * direction))(with_zero)
+        loss0, losses = all_losses[0], all_losses[1:]
+    else:
+        losses = jax.vmap(lambda eta: loss_of_flat(flat - eta * direction))(etas)
+    losses = jnp.where(jnp.isfinite(losses), losses, jnp.inf)
+    i = jnp.argmin(losses)
+    eta = jnp.where(losses[i] < loss0, etas[i], jnp.zeros((), flat.dtype))
+    return eta, losses
+
+
+class GridLineSearchState(NamedTuple):
+    step_size: jax.Array  # η chosen at the last step (0: no step)
+
+
+def scale_by_grid_line_search(residual_fn=None) -> optax.GradientTransformationExtraArgs:
+    """−η·d with η from the grid 2⁻³⁰…2⁰ minimising the loss on the current batch.
+
+    The loss at the candidate parameters θ − η·d comes from ``residual_fn`` (½‖r‖², called as
+    ``residual_fn(params, batch)`` with the ``batch`` extra argument) or, when the transform is
+    built without one, from a ``value_fn(params) -> loss`` extra argument (as optax's own line
+    searches take it).  The loss at η = 0 is evaluated in the same batched pass, so a
+    direction that lowers nothing gives no step.  Needs ``params``.
+    """
+    op = None if residual_fn is None else as_operator(residual_fn)
+
+    def init(params):
+        flat, _ = ravel_pytree(params)
+        return GridLineSearchState(jnp.zeros((), flat.dtype))
+
+    def update(updates, state, params=None, *, batch=None, value_fn=None, **extra_args):
+        del extra_args
+        if params is None:
+            raise ValueError("scale_by_grid_line_search needs update(d, state, params, ...)")
+        if value_fn is None:
+            if op is None or batch is None:
+                raise ValueError("scale_by_grid_line_search needs batch= (when built with a "
+                                 "residual_fn) or a value_fn= extra argument")
+
+            def value_fn(p):
+                r = op(p, batch)
+                return 0.5 * jnp.dot(r, r)
+
+        flat, unravel = ravel_pytree(params)
+        d, _ = ravel_pytree(updates)
+        eta, _ = grid_line_search(lambda w: value_fn(unravel(w)), flat, d)
+        return unravel(-eta * d), GridLineSearchState(eta)
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+class NormConstraintState(NamedTuple):
+    count: jax.Array
+    norm_scale: jax.Array  # factor min(1, √C/‖u‖) applied at the last step
+
+
+def scale_by_norm_constraint(norm_constraint) -> optax.GradientTransformationExtraArgs:
+    """Cap the update's norm at √C: u ← u · min(1, √C/‖u‖).
+
+    After ``optax.scale_by_learning_rate(η)`` this is the SPRING reference code's step
+    θ ← θ − min(η, √C/‖d‖)·d (C = 1e-3 there; the paper writes the cap as C/‖φ‖).  The paper's
+    reference code applies the cap only with a fixed η, not after the grid line search, and
+    :func:`step_size_chain` does the same; chain it after the line search yourself if wanted.
+    ``norm_constraint`` (C > 0) may be a number, an array or a schedule of the step count.
+    """
+    check_scalar_or_schedule("norm_constraint (C)", norm_constraint, 0.0, lo_open=True)
+
+    def init(params):
+        flat, _ = ravel_pytree(params)
+        return NormConstraintState(jnp.zeros((), jnp.int32), jnp.ones((), flat.dtype))
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        flat, unravel = ravel_pytree(updates)
+        dtype = flat.dtype
+        c = value_at(norm_constraint, state.count, dtype)
+        norm = jnp.linalg.norm(flat)
+        scale = jnp.minimum(1.0, jnp.sqrt(c) / jnp.maximum(norm, jnp.finfo(dtype).tiny))
+        return unravel(scale * flat), NormConstraintState(state.count + 1, scale)
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+#: the reference code's C for SPRING with a fixed η
+DEFAULT_NORM_CONSTRAINT = 1e-3
+
+
+def step_size_chain(residual_fn, learning_rate, norm_constraint=None
+                    ) -> optax.GradientTransformationExtraArgs:
+    """The step after a direction block, as in the paper's reference code.
+
+    ``learning_rate="line_search"``: :func:`scale_by_grid_line_search` (no cap, as the
+    reference code).  A number or schedule η: ``optax.scale_by_learning_rate(η)``, followed by
+    :func:`scale_by_norm_constraint` when ``norm_constraint`` is not None.
+    """
+    learning_rate = check_learning_rate(learning_rate)
+    if isinstance(learning_rate, str):
+        return scale_by_grid_line_search(residual_fn)
+    steps = [optax.scale_by_learning_rate(learning_rate)]
+    if norm_constraint is not None:
+        steps.append(scale_by_norm_constraint(norm_constraint))
+    return optax.chain(*steps)
+

@@ -5,11 +5,11 @@
 ``pinn-ng run``            train once and write one run record (curve.csv + meta.json, atomically)
 ``pinn-ng gather``         run records -> results/curves.csv, summary.csv, experiments.csv
 ``pinn-ng figures``        tables -> figures/*.png (byte-identical from the same tables)
-``pinn-ng nystrom-table``  standard vs GPU-efficient Nyström timing and memory (appendix B)
 ``pinn-ng compare``        the paper's headline numbers next to ours -> paper_comparison.md
 ``pinn-ng plan``           validate a pipeline preset and list its runs and figures
 
-The Snakefile drives run / gather / figures / nystrom-table; each also works by hand.
+The Snakefile drives run / gather / figures / compare; each also works by hand.  (The
+appendix-B Nyström table is a benchmark: ``python bench/nystrom_table.py``.)
 """
 
 from __future__ import annotations
@@ -120,25 +120,6 @@ def _cmd_figures(args) -> int:
     return 0
 
 
-def _cmd_nystrom_table(args) -> int:
-    from .pipeline import nystrom_table, records
-
-    spec = _load_spec(args.spec)
-    spec.setdefault("problem", args.problem)
-    spec.setdefault("n", args.n)
-    spec.setdefault("fractions", args.fractions)
-    spec.setdefault("damping", args.damping)
-    spec.setdefault("repeats", args.repeats)
-    log = lambda msg: print(f"[pinn-ng] {msg}", file=sys.stderr, flush=True)  # noqa: E731
-    rows = nystrom_table.table(spec["problem"], spec["n"], spec["fractions"], spec["damping"],
-                               widths=spec.get("widths"), repeats=spec["repeats"],
-                               dtype=args.dtype, log=log)
-    records.atomic_write_text(args.out_csv, records.rows_to_csv(rows, nystrom_table.COLUMNS))
-    if args.out_md:
-        records.atomic_write_text(args.out_md, nystrom_table.markdown(rows))
-    return 0
-
-
 def _cmd_compare(args) -> int:
     from .pipeline import compare
 
@@ -156,9 +137,10 @@ def _cmd_compare(args) -> int:
 def _cmd_plan(args) -> int:
     from .pipeline import config as pcfg
 
-    cfg = pcfg.load_yaml(args.configfile[0])
-    for extra in args.configfile[1:]:
-        cfg = pcfg.merge(cfg, pcfg.load_yaml(extra))
+    # As the Snakefile: the default preset first, then each file (a path or a shipped name).
+    cfg = pcfg.load_yaml(pcfg.preset_path(pcfg.DEFAULT_PRESET))
+    for name in args.configfile:
+        cfg = pcfg.merge(cfg, pcfg.load_yaml(pcfg.preset_path(name)))
     for item in args.config or []:
         key, value = item.split("=", 1)
         cfg[key] = _parse_value(value)
@@ -222,27 +204,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dpi", type=int, default=110)
     sp.set_defaults(func=_cmd_figures)
 
-    sp = sub.add_parser("nystrom-table", help="standard vs GPU-efficient Nyström (appendix B)")
-    sp.add_argument("--spec", help="JSON with problem, n, fractions, damping, repeats, widths")
-    sp.add_argument("--problem", default="poisson5d")
-    sp.add_argument("--n", type=int, nargs="+", default=[5000], help="paper: 5000")
-    sp.add_argument("--fractions", type=float, nargs="+", default=[0.2, 0.4, 0.6, 0.8])
-    sp.add_argument("--damping", type=float, default=1e-7, help="λ (paper: 1e-7)")
-    sp.add_argument("--repeats", type=int, default=5)
-    sp.add_argument("--dtype", choices=["float64", "float32"], default="float64")
-    sp.add_argument("--out-csv", required=True)
-    sp.add_argument("--out-md")
-    sp.set_defaults(func=_cmd_nystrom_table)
-
     sp = sub.add_parser("compare", help="the paper's headline numbers next to ours")
     sp.add_argument("--results", default="results", help="directory of the gathered tables")
     sp.add_argument("--out", help="default: <results>/paper_comparison.md")
     sp.set_defaults(func=_cmd_compare)
 
     sp = sub.add_parser("plan", help="validate a preset; list runs and figures")
-    sp.add_argument("configfile", nargs="+", help="config/default.yaml [override.yaml ...]")
+    sp.add_argument("configfile", nargs="+", help="presets on top of the default one, as "
+                    "paths or shipped names (smoke, paper, cpu-paper, default)")
     sp.add_argument("--config", nargs="*", metavar="KEY=VALUE", help="top-level overrides")
-    sp.add_argument("--schema", help="default: config/schema.yaml of this source tree")
+    sp.add_argument("--schema", help="default: the schema shipped with pinn_ng")
     sp.set_defaults(func=_cmd_plan)
     return parser
 

@@ -26,7 +26,11 @@ configfile: os.path.join(workflow.basedir, "config", "default.yaml")
 report: "report/workflow.rst"
 
 
-PLAN = pcfg.plan(config)
+try:
+    PLAN = pcfg.plan(config)
+except pcfg.ConfigError as err:  # the user's preset: one line naming the key, no traceback
+    print(f"pinn-ng preset: error: {' '.join(str(err).split())}", file=sys.stderr)
+    sys.exit(2)
 RES = PLAN.results_dir
 FIG = PLAN.figures_dir
 RUNS = PLAN.runs

@@ -1,14 +1,19 @@
 # pinn-ng benchmark pipeline: optimizer × problem × batch size × seed grid -> runs -> tables
 # -> figures.  Presets: config/default.yaml (loaded here), `--configfile config/paper.yaml`
 # or `--configfile config/smoke.yaml` on top; overrides with `--config key=value`.
-# The preset is validated (config/schema.yaml + pinn_ng.pipeline.config) before any job runs.
-# Every job calls the `pinn-ng` command line; see README "The benchmark pipeline".
+# The preset is validated (the schema shipped with pinn_ng, with the registries' names filled
+# in; pinn_ng.pipeline.config) before any job runs.  config/*.yaml link to the presets shipped
+# in pinn_ng/pipeline/presets/.  Every training, gathering and drawing job calls the `pinn-ng`
+# command line; the Nyström table is a benchmark, bench/nystrom_table.py (run with the Python
+# that runs this Snakefile).  See README "The benchmark pipeline".
 # `snakemake --report report.html` (after a run) bundles the figures and tables marked with
 # report() below, with the captions under report/, into one self-contained HTML file.
 
 import json
 import os
 import re
+import shlex
+import sys
 
 from snakemake.exceptions import WorkflowError
 
@@ -21,12 +26,18 @@ configfile: os.path.join(workflow.basedir, "config", "default.yaml")
 report: "report/workflow.rst"
 
 
-PLAN = pcfg.plan(config, os.path.join(workflow.basedir, "config", "schema.yaml"))
+try:
+    PLAN = pcfg.plan(config)
+except pcfg.ConfigError as err:  # the user's preset: one line naming the key, no traceback
+    print(f"pinn-ng preset: error: {' '.join(str(err).split())}", file=sys.stderr)
+    sys.exit(2)
 RES = PLAN.results_dir
 FIG = PLAN.figures_dir
 RUNS = PLAN.runs
 DPI = PLAN.config.get("figure_dpi", 110)
 GPUS = int(PLAN.config.get("gpus_per_run", 0) or 0)
+NYSTROM_TABLE = shlex.join([sys.executable, os.path.join(workflow.basedir, "bench",
+                                                         "nystrom_table.py")])
 
 
 
@@ -143,7 +154,7 @@ rule nystrom_table:
     resources:
         gpu=GPUS,
     shell:
-        "pinn-ng nystrom-table --spec {params.spec:q} --dtype {params.dtype} "
+        NYSTROM_TABLE + " --spec {params.spec:q} --dtype {params.dtype} "
         "--out-csv {output.csv:q} --out-md {output.md:q} 2> {log:q}"
 
 

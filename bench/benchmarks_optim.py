@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bench import _cases
+from bench import _cases, nystrom_table
 from pinn_ng.residuals import ResidualFn
 from bench._timing import MiB, compile_jitted, interleaved_timings, peak_memory
 
@@ -163,19 +163,10 @@ class Kernel:
 
 
 def _nystrom_fns(n: int, fraction: float):
-    from pinn_ng.optim import solvers
-
-    ell = max(1, round(fraction * n))
-
-    def standard(k, g, key):
-        return solvers.nystrom_standard(lambda v: k @ v, n, ell, key, k.dtype).solve(
-            g, NYSTROM_DAMPING)
-
-    def gpu(k, g, key):
-        return solvers.nystrom_gpu(lambda v: k @ v, n, ell, key, k.dtype,
-                                   NYSTROM_DAMPING).solve(g)
-
-    return {"standard": jax.jit(standard), "gpu_efficient": jax.jit(gpu)}
+    """The two solves of ``bench/nystrom_table.py`` (the one Nyström harness), jitted."""
+    ell = nystrom_table.sketch_size(n, fraction)
+    return {asv_name: jax.jit(nystrom_table.solve_fn(variant, n, ell, NYSTROM_DAMPING))
+            for variant, asv_name in nystrom_table.VARIANTS.items()}
 
 
 class NystromVariants:
@@ -191,16 +182,13 @@ class NystromVariants:
     def setup_cache(self):
         import numpy as np
 
-        from pinn_ng.pipeline.nystrom_table import kernel
-
         _cases.build_net("poisson5d")  # float64 on, one LAPACK thread
-        return np.asarray(kernel("poisson5d", _NYSTROM_N[_q()]))
+        return np.asarray(nystrom_table.kernel("poisson5d", _NYSTROM_N[_q()]))
 
     def setup(self, k, fraction, variant):
         _cases.build_net("poisson5d")
         n = k.shape[0]
-        self.args = (jnp.asarray(k), jax.random.normal(jax.random.PRNGKey(2), (n,)),
-                     jax.random.PRNGKey(3))
+        self.args = nystrom_table.solve_args(jnp.asarray(k))
         self.compiled, _ = compile_jitted(_nystrom_fns(n, fraction)[variant], *self.args)
         out = self.compiled(*self.args)
         if not bool(jnp.all(jnp.isfinite(out))):
@@ -231,8 +219,7 @@ class NystromRatio:
     def setup(self, k, fraction):
         _cases.build_net("poisson5d")
         n = k.shape[0]
-        self.args = (jnp.asarray(k), jax.random.normal(jax.random.PRNGKey(2), (n,)),
-                     jax.random.PRNGKey(3))
+        self.args = nystrom_table.solve_args(jnp.asarray(k))
         fns = _nystrom_fns(n, fraction)
         self.std, _ = compile_jitted(fns["standard"], *self.args)
         self.gpu, _ = compile_jitted(fns["gpu_efficient"], *self.args)

@@ -5,11 +5,16 @@
 ``pinn-ng run``            train once and write one run record (curve.csv + meta.json, atomically)
 ``pinn-ng gather``         run records -> results/curves.csv, summary.csv, experiments.csv
 ``pinn-ng figures``        tables -> figures/*.png (byte-identical from the same tables)
-``pinn-ng nystrom-table``  standard vs GPU-efficient Nyström timing and memory (appendix B)
 ``pinn-ng compare``        the paper's headline numbers next to ours -> paper_comparison.md
 ``pinn-ng plan``           validate a pipeline preset and list its runs and figures
 
-The Snakefile drives run / gather / figures / nystrom-table; each also works by hand.
+The Snakefile drives run / gather / figures / compare; each also works by hand.  (The
+appendix-B Nyström table is a benchmark: ``python bench/nystrom_table.py``.)
+
+A user error (a bad flag, value, specification, preset or file) is one line on stderr naming
+the offending key or value and the allowed values, exit status 2, and no run record;
+``pinn-ng --debug …`` (or ``PINN_NG_TRACEBACK=1``) shows its traceback.  Anything else is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import os
 import signal
 import sys
 from pathlib import Path
+
+from .pipeline.errors import UserError
 
 
 def _cmd_problems(args) -> int:
@@ -40,24 +47,60 @@ def _cmd_optimizers(args) -> int:
     return 0
 
 
-def _parse_value(text: str):
+class UsageError(UserError):
+    """A malformed command-line value (``--spec``, ``--hparam``, ``--widths``, ``--config``)."""
+
+
+def _parse_value(text: str, flag: str):
     """``1e-7`` -> float, ``true`` -> bool, ``line_search`` -> str (YAML scalars, plus 1e-7)."""
     import yaml
 
     from .pipeline.config import coerce
 
-    return coerce(yaml.safe_load(text))
+    try:
+        return coerce(yaml.safe_load(text))
+    except yaml.YAMLError:
+        raise UsageError(f"{flag}: cannot read the value {text!r} (a number, true/false, a "
+                         "name, or a YAML list such as [1, 2])") from None
 
 
-def _load_spec(text: str | None) -> dict:
+def _key_value(item: str, flag: str) -> tuple[str, object]:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise UsageError(f"{flag} expects KEY=VALUE, got {item!r}")
+    return key.strip(), _parse_value(value, f"{flag} {key.strip()}")
+
+
+def _load_spec(text: str | None, flag: str = "--spec") -> dict:
     if not text:
         return {}
+    source = flag
     if text.startswith("@"):
-        text = Path(text[1:]).read_text()
-    spec = json.loads(text)
+        source = f"{flag} {text}"
+        try:
+            text = Path(text[1:]).read_text()
+        except FileNotFoundError:
+            raise UsageError(f"{source}: no such file") from None
+        except OSError as err:
+            raise UsageError(f"{source}: cannot read: {err.strerror or err}") from None
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{source}: not valid JSON ({err.msg} at line {err.lineno} column "
+                         f"{err.colno}); give a JSON object or @file.json") from None
     if not isinstance(spec, dict):
-        raise SystemExit("--spec must be a JSON object")
+        raise UsageError(f"{source} must be a JSON object {{\"key\": value, ...}}, got "
+                         f"{type(spec).__name__}")
     return spec
+
+
+def _widths(text: str) -> list[int]:
+    try:
+        widths = [int(w) for w in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--widths: {text!r} is not a comma-separated list of positive "
+                         "integers, e.g. 2,64,64,1") from None
+    return widths
 
 
 def _raise_keyboard_interrupt(signum, frame):
@@ -74,16 +117,18 @@ def _cmd_run(args) -> int:
              "eval_every": args.eval_every, "data_seed": args.data_seed,
              "model_seed": args.model_seed, "dtype": args.dtype}
     if args.widths:
-        flags["widths"] = [int(w) for w in args.widths.split(",")]
+        flags["widths"] = _widths(args.widths)
     spec.update({k: v for k, v in flags.items() if v is not None})
     if args.hparam:
-        hp = dict(spec.get("hparams") or {})
+        hp = spec.get("hparams") or {}
+        if not isinstance(hp, dict):
+            raise UsageError(f"--spec: hparams must be an object, got {hp!r}")
+        hp = dict(hp)
         for item in args.hparam:
-            if "=" not in item:
-                raise SystemExit(f"--hparam expects key=value, got {item!r}")
-            key, value = item.split("=", 1)
-            hp[key] = _parse_value(value)
+            key, value = _key_value(item, "--hparam")
+            hp[key] = value
         spec["hparams"] = hp
+    runner.complete_spec(spec)  # every value checked before anything is compiled or written
     # Snakemake (and SLURM) stop jobs with SIGTERM: turn it into KeyboardInterrupt so that
     # nothing half-written survives (records are only written after training anyway).
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -102,8 +147,10 @@ def _cmd_run(args) -> int:
 def _cmd_gather(args) -> int:
     from .pipeline import gather
 
-    manifest = json.loads(Path(args.manifest).read_text()) if args.manifest else None
-    out = gather.gather(args.runs_dir, args.out_dir, manifest)
+    manifest = _load_spec(f"@{args.manifest}", "--manifest") if args.manifest else None
+    out = gather.gather(args.runs_dir, args.out_dir, manifest, strict=args.strict,
+                        warn=lambda msg: print(f"pinn-ng gather: warning: {msg}",
+                                               file=sys.stderr))
     print(json.dumps(out))
     return 0
 
@@ -111,31 +158,17 @@ def _cmd_gather(args) -> int:
 def _cmd_figures(args) -> int:
     from .pipeline import figures
 
-    names = args.figure or figures.available(figures.load(args.results))
+    allowed = figures.available(figures.load(args.results))
+    unknown = [n for n in args.figure or () if n not in allowed]
+    if unknown:
+        raise UsageError(f"--figure {unknown[0]!r}: not a figure of the tables in "
+                         f"{args.results}; available: {allowed}")
+    names = args.figure or allowed
     out_dir = Path(args.out_dir)
     for name in names:
         path = Path(args.out) if args.out and len(names) == 1 else out_dir / f"{name}.png"
         figures.draw(args.results, name, path, dpi=args.dpi)
         print(path)
-    return 0
-
-
-def _cmd_nystrom_table(args) -> int:
-    from .pipeline import nystrom_table, records
-
-    spec = _load_spec(args.spec)
-    spec.setdefault("problem", args.problem)
-    spec.setdefault("n", args.n)
-    spec.setdefault("fractions", args.fractions)
-    spec.setdefault("damping", args.damping)
-    spec.setdefault("repeats", args.repeats)
-    log = lambda msg: print(f"[pinn-ng] {msg}", file=sys.stderr, flush=True)  # noqa: E731
-    rows = nystrom_table.table(spec["problem"], spec["n"], spec["fractions"], spec["damping"],
-                               widths=spec.get("widths"), repeats=spec["repeats"],
-                               dtype=args.dtype, log=log)
-    records.atomic_write_text(args.out_csv, records.rows_to_csv(rows, nystrom_table.COLUMNS))
-    if args.out_md:
-        records.atomic_write_text(args.out_md, nystrom_table.markdown(rows))
     return 0
 
 
@@ -156,17 +189,14 @@ def _cmd_compare(args) -> int:
 def _cmd_plan(args) -> int:
     from .pipeline import config as pcfg
 
-    cfg = pcfg.load_yaml(args.configfile[0])
-    for extra in args.configfile[1:]:
-        cfg = pcfg.merge(cfg, pcfg.load_yaml(extra))
+    # As the Snakefile: the default preset first, then each file (a path or a shipped name).
+    cfg = pcfg.load_yaml(pcfg.preset_path(pcfg.DEFAULT_PRESET))
+    for name in args.configfile:
+        cfg = pcfg.merge(cfg, pcfg.load_yaml(pcfg.preset_path(name)))
     for item in args.config or []:
-        key, value = item.split("=", 1)
-        cfg[key] = _parse_value(value)
-    try:
-        plan = pcfg.plan(cfg, args.schema)
-    except pcfg.ConfigError as err:
-        print(err, file=sys.stderr)
-        return 2
+        key, value = _key_value(item, "--config")
+        cfg[key] = value
+    plan = pcfg.plan(cfg, args.schema)
     for rid, spec in plan.runs.items():
         budget = f"steps={spec['max_steps']} seconds={spec['max_seconds']}"
         print(f"{rid}  {budget}")
@@ -174,9 +204,18 @@ def _cmd_plan(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage block), exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pinn-ng", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="pinn-ng", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of a user error too (as PINN_NG_TRACEBACK=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sp = sub.add_parser("problems", help="list the PDE problems and their paper settings")
@@ -212,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--manifest", help="JSON {experiments: {name: [run ids]}} (default: all "
                     "complete records, as experiment 'all')")
     sp.add_argument("--out-dir", default="results")
+    sp.add_argument("--strict", action="store_true", help="refuse (exit 2) on an unreadable "
+                    "record instead of skipping it with a warning")
     sp.set_defaults(func=_cmd_gather)
 
     sp = sub.add_parser("figures", help="tables -> figures")
@@ -222,45 +263,43 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dpi", type=int, default=110)
     sp.set_defaults(func=_cmd_figures)
 
-    sp = sub.add_parser("nystrom-table", help="standard vs GPU-efficient Nyström (appendix B)")
-    sp.add_argument("--spec", help="JSON with problem, n, fractions, damping, repeats, widths")
-    sp.add_argument("--problem", default="poisson5d")
-    sp.add_argument("--n", type=int, nargs="+", default=[5000], help="paper: 5000")
-    sp.add_argument("--fractions", type=float, nargs="+", default=[0.2, 0.4, 0.6, 0.8])
-    sp.add_argument("--damping", type=float, default=1e-7, help="λ (paper: 1e-7)")
-    sp.add_argument("--repeats", type=int, default=5)
-    sp.add_argument("--dtype", choices=["float64", "float32"], default="float64")
-    sp.add_argument("--out-csv", required=True)
-    sp.add_argument("--out-md")
-    sp.set_defaults(func=_cmd_nystrom_table)
-
     sp = sub.add_parser("compare", help="the paper's headline numbers next to ours")
     sp.add_argument("--results", default="results", help="directory of the gathered tables")
     sp.add_argument("--out", help="default: <results>/paper_comparison.md")
     sp.set_defaults(func=_cmd_compare)
 
     sp = sub.add_parser("plan", help="validate a preset; list runs and figures")
-    sp.add_argument("configfile", nargs="+", help="config/default.yaml [override.yaml ...]")
+    sp.add_argument("configfile", nargs="+", help="presets on top of the default one, as "
+                    "paths or shipped names (smoke, paper, cpu-paper, default)")
     sp.add_argument("--config", nargs="*", metavar="KEY=VALUE", help="top-level overrides")
-    sp.add_argument("--schema", help="default: config/schema.yaml of this source tree")
+    sp.add_argument("--schema", help="default: the schema shipped with pinn_ng")
     sp.set_defaults(func=_cmd_plan)
     return parser
 
 
+def _one_line(err: BaseException) -> str:
+    message = err.args[0] if isinstance(err, KeyError) and err.args else err
+    if isinstance(err, FileNotFoundError) and err.filename:
+        message = f"{err.filename}: no such file or directory"
+    return " ".join(str(message).split())
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # a usage error (one line, see _Parser) or --help
+        return exit_.code if isinstance(exit_.code, int) else 2
     from .blas import limit_blas_threads
 
     limit_blas_threads(1)  # OpenBLAS threads otherwise spin against XLA's (pinn_ng/blas.py)
     try:
         return args.func(args)
-    except (ValueError, KeyError, NotImplementedError, FileNotFoundError) as err:
-        # A user error (unknown name, bad hyper-parameter, missing file): one clear line.
-        # PINN_NG_TRACEBACK=1 shows the traceback instead.
-        if os.environ.get("PINN_NG_TRACEBACK"):
+    except (UserError, FileNotFoundError) as err:
+        # The user's input (a flag, a value, a preset, a file): one line, exit 2.  A bug
+        # (any other exception) keeps its traceback.
+        if args.debug or os.environ.get("PINN_NG_TRACEBACK"):
             raise
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"pinn-ng {args.command}: error: {message}", file=sys.stderr)
+        print(f"pinn-ng {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
 
 

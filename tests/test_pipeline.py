@@ -24,7 +24,7 @@ import pytest
 
 from pinn_ng import models, optim, problems, train
 from pinn_ng.pipeline import config as pcfg
-from pinn_ng.pipeline import figures, gather, records, runner
+from pinn_ng.pipeline import families, figures, gather, records, runner
 from pinn_ng.residuals import ResidualFn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,10 +57,54 @@ def preset(*overrides) -> dict:
 # ------------------------------------------------------------------------------ presets
 
 
-def test_schema_enums_match_registries():
-    schema = pcfg.load_yaml(REPO / "config" / "schema.yaml")
+def test_schema_names_come_from_the_registries_not_copies():
+    raw = pcfg.load_yaml(REPO / "config" / "schema.yaml")  # as written: no copied names
+    assert "enum" not in raw["$defs"]["problem_name"]
+    assert "enum" not in raw["$defs"]["optimizer_name"]
+    assert "pattern" not in raw["properties"]["experiments"]["propertyNames"]
+    text = (REPO / "config" / "schema.yaml").read_text()
+    assert "poisson100d" not in text and "hessian_free" not in text
+    schema = pcfg.load_schema()
     assert schema["$defs"]["problem_name"]["enum"] == problems.names()
     assert schema["$defs"]["optimizer_name"]["enum"] == optim.names()
+    pattern = schema["properties"]["experiments"]["propertyNames"]["pattern"]
+    assert pattern == families.experiment_pattern()
+    for kind in families.EXPERIMENT_KINDS:
+        assert re.match(pattern, kind) and re.match(pattern, kind + "_5d")
+    assert not re.match(pattern, "speedup") and not re.match(pattern, "convergence-5d")
+
+
+def test_one_table_of_figure_families():
+    assert families.figure_names({"convergence": {"poisson5d", "heat4d"}, "scaling": {"x"},
+                                  "effective_dimension": {"poisson5d"}}) == \
+        ["speedup", "convergence_heat4d", "convergence_poisson5d", "effective_dimension"]
+    for family, spec in families.FAMILIES.items():
+        name = f"{family}_poisson5d" if spec.per_problem else family
+        assert families.parse_figure(name) == (family, "poisson5d" if spec.per_problem else None)
+        assert callable(figures._DRAW[family])
+        assert families.experiment_kind(spec.experiment + "_x") == spec.experiment
+    with pytest.raises(ValueError, match="convergence_<problem>"):
+        families.parse_figure("convergence")
+    assert not hasattr(figures, "KINDS")
+
+
+def test_presets_ship_with_the_package():
+    assert pcfg.preset_names() == ["cpu-paper", "default", "paper", "smoke"]
+    for name in pcfg.preset_names() + ["schema"]:
+        shipped = pcfg.PRESETS_DIR / f"{name}.yaml"
+        assert (REPO / "config" / f"{name}.yaml").resolve() == shipped.resolve()
+    assert pcfg.preset_path("smoke") == pcfg.PRESETS_DIR / "smoke.yaml"
+    assert pcfg.preset_path("smoke.yaml") == pcfg.PRESETS_DIR / "smoke.yaml"
+    assert pcfg.preset_path(REPO / "config" / "paper.yaml") == REPO / "config" / "paper.yaml"
+    with pytest.raises(pcfg.ConfigError, match="shipped presets: .*smoke"):
+        pcfg.preset_path("smoek")
+
+
+def test_git_info_degrades_outside_a_checkout(monkeypatch):
+    info = records.git_info()
+    assert set(info) == {"commit", "dirty"}
+    monkeypatch.setattr(records, "source_tree", lambda: None)  # e.g. an installed wheel
+    assert records.git_info() == {"commit": None, "dirty": None}
 
 
 @pytest.mark.parametrize("name", ["default", "smoke", "paper"])

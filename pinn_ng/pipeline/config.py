@@ -1,13 +1,16 @@
 """Pipeline presets: validate a merged config and expand it into runs, tables and figures.
 
-A preset is data (``config/*.yaml``).  Snakemake merges ``config/default.yaml`` with any
-``--configfile`` (dictionaries merge key by key, lists are replaced) and ``--config key=value``;
-:func:`plan` then checks the result against ``config/schema.yaml`` and a few rules the schema
-cannot express (labels that exist, nets that fit the problem), and expands the experiments
-into one run specification per run.  All of it happens when the Snakefile is parsed, so a bad
-value stops the pipeline before any run starts, with the key and the allowed values.
+A preset is data: YAML files shipped with the package in ``pinn_ng/pipeline/presets/``
+(``config/*.yaml`` in the source tree are links to them, for ``snakemake --configfile``), found
+by name with :func:`preset_path`.  Snakemake merges ``default.yaml`` with any ``--configfile``
+(dictionaries merge key by key, lists are replaced) and ``--config key=value``; :func:`plan`
+then checks the result against the schema (:func:`load_schema`: ``presets/schema.yaml`` with
+the registries' names filled in) and a few rules the schema cannot express (labels that exist,
+nets that fit the problem), and expands the experiments into one run specification per run.
+All of it happens when the Snakefile is parsed, so a bad value stops the pipeline before any
+run starts, with the key and the allowed values.
 
-Experiments (each feeds one figure family, see the README):
+Experiments (each feeds one figure family, :data:`pinn_ng.pipeline.families.FAMILIES`):
 
 - ``convergence``: problems × optimizers at the problem's batch and net -> ``convergence_<problem>``;
 - ``scaling``: N swept over ``batches`` at the first net, P over ``nets`` at the first batch
@@ -35,8 +38,11 @@ from pathlib import Path
 
 import yaml
 
-#: Figure families and the experiment that feeds each.
-EXPERIMENTS = ("convergence", "scaling", "nystrom", "effective_dimension")
+from . import families
+from .errors import UserError
+
+#: The experiment kinds (one per figure family, see :mod:`pinn_ng.pipeline.families`).
+EXPERIMENTS = families.EXPERIMENT_KINDS
 #: Optimizers whose diagnostics can report the effective dimension.
 D_EFF_OPTIMIZERS = ("engd_woodbury", "spring")
 
@@ -44,18 +50,72 @@ _INT = re.compile(r"^[+-]?\d+$")
 _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A preset value is invalid; the message names the key and the allowed values."""
 
 
+#: Where the shipped presets and the schema live (package data).
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+#: The preset every other one overrides (as the Snakefile's ``configfile:``).
+DEFAULT_PRESET = "default"
+
+
 def default_schema_path() -> Path:
-    """``config/schema.yaml`` of the source tree this package lives in."""
-    return Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
+    """The schema shipped with the package (``presets/schema.yaml``)."""
+    return PRESETS_DIR / "schema.yaml"
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped with the package (``pinn-ng plan <name>``)."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml") if p.stem != "schema")
+
+
+def preset_path(name_or_path) -> Path:
+    """A preset file: an existing path as it is, else a shipped preset by name (``smoke``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    stem = path.name[:-5] if path.name.endswith(".yaml") else path.name
+    if str(name_or_path) in (stem, f"{stem}.yaml") and stem in preset_names():
+        return PRESETS_DIR / f"{stem}.yaml"
+    raise ConfigError(f"preset {str(name_or_path)!r}: no such file, and not a shipped preset; "
+                      f"shipped presets: {preset_names()}")
 
 
 def load_yaml(path) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f) or {}
+    """A YAML mapping from ``path``; :class:`ConfigError` (one line, naming the file) if the
+    file is missing, is not valid YAML or is not a mapping."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror or err}") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        what = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {what}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a preset must be a mapping of keys to values, "
+                          f"got {type(data).__name__}")
+    return data
+
+
+def load_schema(path=None) -> dict:
+    """The preset schema with the names that live in the code filled in: the problem and
+    optimizer enums from their registries, the experiment-name pattern from the families."""
+    from .. import optim, problems
+
+    schema = load_yaml(path or default_schema_path())
+    defs = schema.setdefault("$defs", {})
+    defs.setdefault("problem_name", {})["enum"] = problems.names()
+    defs.setdefault("optimizer_name", {})["enum"] = optim.names()
+    experiments = schema.get("properties", {}).get("experiments")
+    if isinstance(experiments, dict):
+        experiments.setdefault("propertyNames", {})["pattern"] = families.experiment_pattern()
+    return schema
 
 
 def merge(base: dict, override: dict) -> dict:
@@ -140,11 +200,11 @@ def validate(config: dict, schema: dict) -> None:
 
 
 def experiment_kind(name: str) -> str:
-    """The figure family of an experiment: its name up to an optional ``_suffix``."""
-    for kind in sorted(EXPERIMENTS, key=len, reverse=True):
-        if name == kind or name.startswith(kind + "_"):
-            return kind
-    raise ConfigError(f"experiment {name!r}: the name must start with one of {EXPERIMENTS}")
+    """The experiment kind of an experiment: its name up to an optional ``_suffix``."""
+    try:
+        return families.experiment_kind(name)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def n_params(widths) -> int:
@@ -221,7 +281,7 @@ def plan(config: dict, schema_path=None, check_optimizers: bool = True) -> Plan:
     compilation), so that a bad hyper-parameter fails here rather than in a run.
     """
     config = coerce(copy.deepcopy(dict(config)))
-    schema = load_yaml(schema_path or default_schema_path())
+    schema = load_schema(schema_path)
     validate(config, schema)
 
     optimizers = config["optimizers"]
@@ -294,16 +354,12 @@ def plan(config: dict, schema_path=None, check_optimizers: bool = True) -> Plan:
         out.experiments[exp_name] = ids
         out.kinds[exp_name] = kind
 
-    exps = config.get("experiments") or {}
-    kinds = {k for name, k in out.kinds.items() if out.experiments[name]}
-    if "scaling" in kinds:
-        out.figures.append("speedup")
-    for kind in ("convergence", "nystrom"):
-        probs = sorted({p for name, k in out.kinds.items() if k == kind
-                        for p in exps[name]["problems"]})
-        out.figures += [f"{kind}_{p}" for p in probs]
-    if "effective_dimension" in kinds:
-        out.figures.append("effective_dimension")
+    problems_by_kind = {}
+    for name, kind in out.kinds.items():
+        if out.experiments[name]:
+            problems_by_kind.setdefault(kind, set()).update(
+                out.runs[rid]["problem"] for rid in out.experiments[name])
+    out.figures = families.figure_names(problems_by_kind)
     if check_optimizers:
         check_hyperparameters(out)
     return out

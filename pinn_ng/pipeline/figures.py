@@ -22,9 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import records
-
-KINDS = ("speedup", "convergence", "nystrom", "effective_dimension")
+from . import families, records
 
 
 def _setup():
@@ -55,18 +53,11 @@ def load(results_dir) -> dict:
 def available(tables: dict) -> list[str]:
     """The figures the gathered tables allow, in a fixed order."""
     exp, summ = tables["experiments"], tables["summary"]
-    out = []
-    names = set(exp["kind"])
-    if "scaling" in names:
-        out.append("speedup")
-    for kind in ("convergence", "nystrom"):
-        if kind in names:
-            ids = set(exp.loc[exp["kind"] == kind, "run_id"])
-            out += [f"{kind}_{p}" for p in sorted(set(summ.loc[summ.run_id.isin(ids),
-                                                             "problem"]))]
-    if "effective_dimension" in names:
-        out.append("effective_dimension")
-    return out
+    problems_by_kind = {
+        kind: set(summ.loc[summ.run_id.isin(set(exp.loc[exp["kind"] == kind, "run_id"])),
+                           "problem"])
+        for kind in set(exp["kind"]) if kind in families.EXPERIMENT_KINDS}
+    return families.figure_names(problems_by_kind)
 
 
 def _runs(tables, experiment, problem=None):
@@ -344,16 +335,13 @@ def draw(results_dir, name: str, out, dpi: int = 110) -> str:
     plt, sns = _setup()
     tables = load(results_dir)
     palette = _palette(tables)
-    if name == "speedup":
-        fig = fig_speedup(tables, plt, sns, palette)
-    elif name == "effective_dimension":
-        fig = fig_effective_dimension(tables, plt, sns, palette)
-    elif name.startswith("convergence_"):
-        fig = fig_convergence(tables, plt, sns, palette, name[len("convergence_"):])
-    elif name.startswith("nystrom_"):
-        fig = fig_nystrom(tables, plt, sns, palette, name[len("nystrom_"):])
-    else:
-        raise ValueError(f"unknown figure {name!r}; figures: speedup, convergence_<problem>, "
-                         "nystrom_<problem>, effective_dimension")
+    family, problem = families.parse_figure(name)
+    args = (problem,) if problem is not None else ()
+    fig = _DRAW[family](tables, plt, sns, palette, *args)
     _save(fig, out, dpi)
     return str(out)
+
+
+#: Figure family -> the function that draws it: ``fig_<family>`` for every family (KeyError at
+#: import if one is missing).
+_DRAW = {family: globals()[f"fig_{family}"] for family in families.FAMILIES}

@@ -11,8 +11,11 @@
   number of replicates and the median, min and max of the final L2 over them.
 - ``experiments.csv``: which run belongs to which experiment (a run may serve several).
 
-Only complete records (``meta.json`` present) are read.  Rows are sorted, so gathering the same
-records twice gives byte-identical tables.
+Only complete records (``meta.json`` present) are read.  A record whose ``meta.json`` cannot be
+read (not JSON, or missing keys, e.g. a file damaged by hand) is skipped with a warning that
+names the file, or, with ``strict=True`` (``pinn-ng gather --strict``), refused with a
+:class:`GatherError`.  Rows are sorted, so gathering the same records twice gives
+byte-identical tables.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import records
+from .errors import UserError
 
 #: Columns that identify a run, in front of every table.
 ID_COLUMNS = ["run_id", "problem", "label", "display", "optimizer", "solver", "N",
@@ -49,6 +53,10 @@ CONFIG_COLUMNS = ["config_id", "problem", "label", "display", "optimizer", "solv
 BY_CONFIG_COLUMNS = CONFIG_COLUMNS + [
     "replicates", "final_l2_median", "final_l2_min", "final_l2_max", "best_l2_median",
     "steps_median", "seconds_per_step_median", "diverged_replicates", "fallback_steps_max"]
+
+
+class GatherError(UserError):
+    """A run record cannot be read (``--strict``), or none can."""
 
 
 def _ids(meta: dict) -> dict:
@@ -115,24 +123,60 @@ def find_records(runs_dir) -> list[Path]:
     return sorted(p for p in runs_dir.iterdir() if p.is_dir() and records.is_complete(p))
 
 
-def gather(runs_dir, out_dir, manifest: dict | None = None) -> dict:
-    """Read the records (those of ``manifest`` or all complete ones) and write the tables."""
+def read_meta(run_dir) -> dict:
+    """A record's ``meta.json``, checked for the keys gather needs; GatherError naming the file."""
+    path = Path(run_dir) / records.META
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise GatherError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise GatherError(f"{path}: not a JSON object")
+    missing = [k for k in ("spec", "N", "n_params", "final", "steps", "seconds") if k not in meta]
+    if missing:
+        raise GatherError(f"{path}: not a run record, missing keys {missing}")
+    return meta
+
+
+def gather(runs_dir, out_dir, manifest: dict | None = None, strict: bool = False,
+           warn=None) -> dict:
+    """Read the records (those of ``manifest`` or all complete ones) and write the tables.
+
+    ``strict``: an unreadable record raises :class:`GatherError`; otherwise it is skipped and
+    ``warn(message)`` (default: a line on stderr) names it.
+    """
+    import sys
+
+    if warn is None:
+        warn = lambda msg: print(f"warning: {msg}", file=sys.stderr)  # noqa: E731
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
     if manifest is not None:
-        ids = sorted({rid for rids in manifest["experiments"].values() for rid in rids})
+        exps = manifest.get("experiments") if isinstance(manifest, dict) else None
+        if not isinstance(exps, dict):
+            raise GatherError("the manifest must be a JSON object {\"experiments\": {name: "
+                              "[run ids]}}")
+        ids = sorted({rid for rids in exps.values() for rid in rids})
         dirs = [runs_dir / rid for rid in ids]
         missing = [d.name for d in dirs if not records.is_complete(d)]
         if missing:
             raise FileNotFoundError(f"incomplete or missing run records: {missing}")
-        membership = [(exp, rid) for exp, rids in manifest["experiments"].items()
-                      for rid in rids]
+        membership = [(exp, rid) for exp, rids in exps.items() for rid in rids]
     else:
+        if not runs_dir.is_dir():
+            raise FileNotFoundError(f"no run records: {runs_dir} is not a directory")
         dirs = find_records(runs_dir)
         membership = [("all", d.name) for d in dirs]
 
-    curves, summary = [], []
+    curves, summary, skipped = [], [], set()
     for d in dirs:
-        meta = json.loads((d / records.META).read_text())
+        try:
+            meta = read_meta(d)
+        except GatherError as err:
+            if strict:
+                raise GatherError(f"{err} (without --strict it is skipped)") from None
+            warn(f"skipping {err}")
+            skipped.add(d.name)
+            continue
         meta["run_id"] = d.name
         ids = _ids(meta)
         curve = pd.read_csv(d / records.CURVE)
@@ -165,6 +209,7 @@ def gather(runs_dir, out_dir, manifest: dict | None = None) -> dict:
     config_df = by_config(summary_df)
     from .config import experiment_kind
 
+    membership = [(e, rid) for e, rid in membership if rid not in skipped]
     exp_df = pd.DataFrame(membership, columns=["experiment", "run_id"]).sort_values(
         ["experiment", "run_id"], kind="stable")
     exp_df.insert(1, "kind", [experiment_kind(e) if e != "all" else "all"

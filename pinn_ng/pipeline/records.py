@@ -127,22 +127,39 @@ def device_info() -> dict:
     }
 
 
-def git_info() -> dict:
-    """Commit and dirtiness of the source tree the package was imported from (None outside git)."""
+def source_tree() -> Path | None:
+    """The source checkout this package was imported from, or None (an installed wheel).
+
+    A checkout is the directory above ``pinn_ng/`` when it holds ``pyproject.toml`` (an
+    editable install); a wheel's ``site-packages`` does not, so an installed copy never reports
+    the commit of some unrelated repository it happens to sit in (e.g. a venv in a checkout).
+    """
     src = Path(__file__).resolve().parents[2]
+    return src if (src / "pyproject.toml").is_file() and (src / "pinn_ng").is_dir() else None
+
+
+def git_info() -> dict:
+    """Commit and dirtiness of the source checkout (None outside one, or without git)."""
+    unknown = {"commit": None, "dirty": None}
+    src = source_tree()
+    if src is None:
+        return unknown
 
     def git(*args):
         return subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True,
                               timeout=10)
 
     try:
+        top = git("rev-parse", "--show-toplevel")
+        if top.returncode != 0 or Path(top.stdout.strip()).resolve() != src:
+            return unknown
         head = git("rev-parse", "HEAD")
         if head.returncode != 0:
-            return {"commit": None, "dirty": None}
+            return unknown
         status = git("status", "--porcelain", "--untracked-files=no")
         return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
+        return unknown
 
 
 def utc_now() -> str:

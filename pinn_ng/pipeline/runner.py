@@ -7,6 +7,7 @@ import statistics
 from pathlib import Path
 
 from . import records
+from .errors import UserError
 
 #: Keys of a run specification and their defaults (None: the problem's paper value).
 SPEC_DEFAULTS = {
@@ -26,28 +27,124 @@ SPEC_DEFAULTS = {
     "eval_every": 10,
     "dtype": "float64",
 }
+#: Spellings of the two precisions a run accepts (pinn_ng.precision).
+DTYPES = ("float64", "float32", "f64", "f32", "double", "single")
+
+
+class SpecError(UserError):
+    """A run specification (or a ``pinn-ng run`` flag) is invalid; one line naming the key."""
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_int(spec: dict, key: str, minimum: int, what: str) -> None:
+    v = spec[key]
+    if not _is_int(v) or v < minimum:
+        raise SpecError(f"{key} must be {what}, got {v!r}")
+
+
+def _check_widths(widths, problem) -> list:
+    if not isinstance(widths, (list, tuple)) or len(widths) < 2 or \
+            not all(_is_int(w) and w >= 1 for w in widths):
+        raise SpecError(f"widths must be a list of at least two positive integers, got {widths!r}")
+    if widths[0] != problem.input_dim or widths[-1] != 1:
+        raise SpecError(f"widths {list(widths)} do not fit {problem.name}: the first must be its "
+                        f"input dimension {problem.input_dim} and the last 1")
+    return list(widths)
+
+
+def _check_sketch(hparams: dict, n: int) -> None:
+    """A Nyström sketch of ℓ columns needs ℓ <= N; say so before XLA does."""
+    solver, ell = hparams.get("solver"), hparams.get("sketch_size")
+    if not (isinstance(solver, str) and solver.startswith("nystrom")) or ell is None:
+        return
+    if _is_int(ell) and ell > n:
+        raise SpecError(f"hparams.sketch_size {ell} exceeds the batch size N = n_interior + "
+                        f"n_boundary = {n}; give an int in [1, {n}] or a fraction in (0, 1]")
+    if isinstance(ell, bool) or not _is_number(ell) or ell <= 0 or (not _is_int(ell) and ell > 1):
+        raise SpecError(f"hparams.sketch_size must be an int in [1, {n}] or a fraction in "
+                        f"(0, 1], got {ell!r}")
 
 
 def complete_spec(spec: dict) -> dict:
-    """Fill defaults, reject unknown keys, resolve the problem's net and batch sizes."""
+    """Fill defaults, check every value, resolve the problem's net and batch sizes.
+
+    Raises :class:`SpecError` (one line naming the key and the allowed values) before anything
+    is compiled or written.
+    """
+    if not isinstance(spec, dict):
+        raise SpecError(f"a run specification must be a JSON object, got {type(spec).__name__}")
     unknown = sorted(set(spec) - set(SPEC_DEFAULTS))
     if unknown:
-        raise ValueError(f"unknown run spec keys {unknown}; valid: {sorted(SPEC_DEFAULTS)}")
+        raise SpecError(f"unknown run spec keys {unknown}; valid: {sorted(SPEC_DEFAULTS)}")
     out = {**SPEC_DEFAULTS, **{k: v for k, v in spec.items() if v is not None}}
-    out["hparams"] = dict(out["hparams"] or {})
+    if not isinstance(out["hparams"], dict):
+        raise SpecError(f"hparams must be an object of hyper-parameters, got {out['hparams']!r}")
+    out["hparams"] = dict(out["hparams"])
     if out["problem"] is None or out["optimizer"] is None:
-        raise ValueError("a run needs a problem and an optimizer")
-    from .. import problems
+        raise SpecError("a run needs a problem and an optimizer "
+                        "(--problem / --optimizer, or keys problem / optimizer of --spec)")
+    from .. import optim, problems
 
-    problem = problems.get(out["problem"])
-    out["widths"] = [int(w) for w in (out["widths"] or problem.widths)]
-    out["n_interior"] = int(out["n_interior"] or problem.n_interior)
-    out["n_boundary"] = int(out["n_boundary"] or problem.n_boundary)
+    try:
+        problem = problems.get(out["problem"])
+    except (KeyError, TypeError):
+        raise SpecError(f"unknown problem {out['problem']!r}; valid problems: "
+                        f"{problems.names()}") from None
+    if out["optimizer"] not in optim.names():
+        try:
+            optim.uses_grads(out["optimizer"])  # a planned one explains itself
+        except NotImplementedError as err:
+            raise SpecError(f"optimizer {out['optimizer']!r}: {err}") from None
+        except (KeyError, TypeError):
+            pass
+        raise SpecError(f"unknown optimizer {out['optimizer']!r}; valid optimizers: "
+                        f"{optim.names()}")
+    out["widths"] = _check_widths(out["widths"] or list(problem.widths), problem)
+    for key in ("n_interior", "n_boundary"):
+        if out[key] is None:
+            out[key] = getattr(problem, key)
+        _check_int(out, key, 1, "a positive integer (points per step)")
+    _check_int(out, "eval_every", 1, "a positive integer (steps between evaluations)")
+    for key in ("data_seed", "model_seed", "replicate"):
+        _check_int(out, key, 0, "an integer >= 0")
+    if out["max_steps"] is None and out["max_seconds"] is None:
+        raise SpecError("a run needs a budget: max_steps and/or max_seconds")
+    if out["max_steps"] is not None:
+        _check_int(out, "max_steps", 0, "an integer >= 0")
+    if out["max_seconds"] is not None and (not _is_number(out["max_seconds"])
+                                           or out["max_seconds"] <= 0):
+        raise SpecError(f"max_seconds must be a positive number, got {out['max_seconds']!r}")
+    if not isinstance(out["dtype"], str) or out["dtype"].lower() not in DTYPES:
+        raise SpecError(f"unknown dtype {out['dtype']!r}; valid: {list(DTYPES)}")
+    if not all(isinstance(k, str) and k for k in out["hparams"]):
+        raise SpecError(f"hparams keys must be names, got {sorted(map(repr, out['hparams']))}")
+    _check_sketch(out["hparams"], out["n_interior"] + out["n_boundary"])
     out["label"] = out["label"] or out["optimizer"]
     out["display"] = out["display"] or out["label"]
-    if out["max_steps"] is None and out["max_seconds"] is None:
-        raise ValueError("a run needs a budget: max_steps and/or max_seconds")
     return out
+
+
+def make_optimizer(spec: dict, residual_fn):
+    """``pinn_ng.optim.make`` for a completed spec; a rejected hyper-parameter is a
+    :class:`SpecError` that names the optimizer and the key (and, for an unknown key, the
+    valid ones: ``optim.make`` lists them)."""
+    from .. import optim
+
+    name = spec["optimizer"]
+    try:
+        return optim.make(name, residual_fn, **spec["hparams"])
+    except (ValueError, TypeError, KeyError, NotImplementedError) as err:
+        msg = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+        if f"optimizer {name!r}" not in msg:
+            msg = f"optimizer {name!r}: {msg}"
+        raise SpecError(" ".join(msg.split())) from err
 
 
 def _median(values):
@@ -68,14 +165,14 @@ def run(spec: dict, out_dir, progress=None) -> dict:
     from ..residuals import ResidualFn
     from ..precision import resolve_dtype
 
-    if spec["dtype"] in ("float64", "f64", "double"):
+    if spec["dtype"].lower() in ("float64", "f64", "double"):
         enable_x64()
     dtype = resolve_dtype(spec["dtype"])
     problem = problems.get(spec["problem"])
     init, apply = models.mlp(spec["widths"], dtype=dtype)
     params = init(jax.random.PRNGKey(spec["model_seed"]))
     residual_fn = ResidualFn(problem, apply)
-    optimizer = optim.make(spec["optimizer"], residual_fn, **spec["hparams"])
+    optimizer = make_optimizer(spec, residual_fn)
     try:
         result = train.train(
             problem, jax.jit(apply), params, optimizer, residual_fn,

@@ -1,0 +1,98 @@
+"""pinn-ng works as an installed wheel, not only as an editable checkout (issue 9, part 3).
+
+The wheel must carry the pipeline presets and their schema (package data), and nothing may
+assume a source tree: ``pinn-ng plan smoke`` from a directory outside the checkout finds the
+shipped preset, validates it against the shipped schema and lists its runs; the run record's
+git commit is None rather than that of whatever repository the install happens to sit in.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import sysconfig
+import venv
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _sh(*cmd, cwd=None, timeout=300):
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout)
+    assert proc.returncode == 0, f"{cmd}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """A fresh venv with the pinn-ng wheel installed (dependencies borrowed, not installed)."""
+    import importlib.util
+
+    import setuptools
+
+    if importlib.util.find_spec("wheel") is None and \
+            tuple(map(int, setuptools.__version__.split(".")[:2])) < (70, 1):
+        pytest.skip("building a wheel without isolation needs the `wheel` package (or "
+                    "setuptools >= 70.1) in this environment: pip install wheel")
+    tmp = tmp_path_factory.mktemp("wheel")
+    # Build from a copy of what the wheel is made of, so the checkout gets no build/ directory.
+    src = tmp / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, src / name)
+    shutil.copytree(REPO / "pinn_ng", src / "pinn_ng",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    dist = tmp / "dist"
+    _sh(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+        "-w", dist, src)
+    (wheel,) = dist.glob("pinn_ng-*.whl")
+
+    env = tmp / "venv"
+    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env)
+    python = env / "bin" / "python"
+    site = Path(_sh(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+                .stdout.strip())
+    # --system-site-packages sees the base interpreter's packages; where the tests run in a
+    # venv themselves, borrow its dependencies too (a plain path: its .pth files, such as the
+    # editable install's finder, are not run, so pinn_ng comes from the wheel alone).
+    ours = sysconfig.get_paths()["purelib"]
+    (site / "borrowed_deps.pth").write_text(ours + "\n")
+    _sh(sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "-q", wheel)
+    outside = tmp / "elsewhere"
+    outside.mkdir()
+    return env, outside, wheel
+
+
+def test_wheel_ships_the_presets_and_schema(installed):
+    import zipfile
+
+    _, _, wheel = installed
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for preset in ("schema", "default", "smoke", "paper", "cpu-paper"):
+        assert f"pinn_ng/pipeline/presets/{preset}.yaml" in names, preset
+    assert not any(n.startswith("bench/") for n in names)  # benchmarks stay in the checkout
+
+
+def test_installed_plan_resolves_a_shipped_preset_outside_the_tree(installed):
+    env, outside, _ = installed
+    where = _sh(env / "bin" / "python", "-c", "import pinn_ng; print(pinn_ng.__file__)",
+                cwd=outside).stdout.strip()
+    assert Path(where).resolve().is_relative_to(env.resolve()), where  # the wheel, not the tree
+    proc = _sh(env / "bin" / "pinn-ng", "plan", "smoke", cwd=outside)
+    runs = [line for line in proc.stdout.splitlines() if "steps=" in line]
+    assert len(runs) >= 5 and all(line.startswith("poisson2d_") for line in runs)
+    assert f"{len(runs)} runs; figures:" in proc.stderr and "speedup" in proc.stderr
+    bad = subprocess.run([env / "bin" / "pinn-ng", "plan", "nope"], capture_output=True,
+                         text=True, cwd=outside, timeout=120)
+    assert bad.returncode == 2 and "smoke" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_installed_copy_reports_no_git_commit(installed):
+    env, outside, _ = installed
+    out = _sh(env / "bin" / "python", "-c", "from pinn_ng.pipeline import records; "
+              "print(records.source_tree(), records.git_info())", cwd=outside).stdout
+    assert out.strip() == "None {'commit': None, 'dirty': None}"

@@ -112,14 +112,17 @@ def is_static_zero(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0
 
 
-def require_first(updates, name: str) -> None:
-    """Blocks that build their direction from r and J must not silently drop ``updates``."""
+def require_first(name: str, updates, params, batch) -> None:
+    """Blocks that build their direction from r and J must come first in a chain, be called
+    with ``updates=None`` (never silently drop incoming updates) and get params and batch."""
     if updates is not None:
         raise ValueError(
             f"{name} builds its direction from the residuals r and their Jacobian J, not from "
             "incoming updates; it must come first in an optax.chain and be called as "
             "update(None, state, params, batch=batch). Got updates (a gradient, or the output "
             "of an earlier transform such as clipping): put such transforms after it.")
+    if params is None or batch is None:
+        raise ValueError(f"{name} needs update(None, state, params, batch=batch)")
 
 
 def check_damping(damping):

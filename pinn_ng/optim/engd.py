@@ -60,9 +60,7 @@ def scale_by_engd(residual_fn, damping, ema: float = 0.0, init_identity: bool = 
 
     def update(updates, state, params=None, *, batch=None, **extra_args):
         del extra_args
-        require_first(updates, "scale_by_engd")
-        if params is None or batch is None:
-            raise ValueError("engd needs update(None, state, params, batch=batch)")
+        require_first("scale_by_engd", updates, params, batch)
         flat, unravel = ravel_pytree(params)
         lam = value_at(damping, state.count, flat.dtype)
         r, jac = op.residual_and_jacobian(params, batch)

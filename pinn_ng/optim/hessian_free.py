@@ -51,9 +51,7 @@ def hessian_free(residual_fn, damping: float = 0.1, cg_iters: int = 100, cg_tol:
 
     def update(updates, state, params=None, *, batch=None, **extra_args):
         del extra_args
-        require_first(updates, "hessian_free")
-        if params is None or batch is None:
-            raise ValueError("hessian_free needs update(grads, state, params, batch=batch)")
+        require_first("hessian_free", updates, params, batch)
         flat, unravel = ravel_pytree(params)
         # one forward pass; every product below reuses its linearisation
         r, jv, jtu = op.linearize(params, batch)

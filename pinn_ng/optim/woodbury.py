@@ -104,9 +104,7 @@ def _sample_space(name, residual_fn, damping, momentum, solver, sketch_size, see
 
     def update(updates, state, params=None, *, batch=None, **extra_args):
         del extra_args
-        require_first(updates, name)
-        if params is None or batch is None:
-            raise ValueError(f"{name} needs update(None, state, params, batch=batch)")
+        require_first(name, updates, params, batch)
         flat, unravel = ravel_pytree(params)
         dtype = flat.dtype
         lam = value_at(damping, state.count, dtype)

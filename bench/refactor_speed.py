@@ -1,0 +1,112 @@
+"""Per-step time of two source trees of pinn_ng, interleaved in one run (issue 9).
+
+    python bench/refactor_speed.py --old /tmp/old --new .      # each a tree holding pinn_ng/
+
+Two long-lived worker processes, one per tree, compile the same steps on the paper's 5d
+problem (P = 10,065, N = 3000 + 500, float64, fixed batch): ENGD-W and SPRING with a fixed η
+and with the line search, and Hessian-free with a fixed number of CG iterations (tolerance
+0, so both trees run exactly ``--cg-iters`` iterations).  The coordinator then asks them in
+turn, round-robin, for one timing of each step, so that background load hits both alike and
+they never run at the same time.  Prints the medians and the ratios new / old.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+DAMPING = 1e-8
+ETA = 5.23e-2
+
+
+def _worker(cg_iters: int) -> None:  # runs inside the tree under test
+    import jax
+    import optax
+
+    import pinn_ng
+    from pinn_ng import models, optim, problems
+
+    pinn_ng.enable_x64()
+    pinn_ng.limit_blas_threads(1)
+    problem = problems.get("poisson5d")
+    init, apply = models.mlp(problem.widths)
+    params = init(jax.random.PRNGKey(1))
+    try:
+        from pinn_ng.residuals import ResidualFn
+        rf = ResidualFn(problem, apply)
+    except ImportError:  # the tree before issue 9
+        rf = problem.residual_fn(apply)
+    batch = problem.sample(jax.random.PRNGKey(0), 3000, 500)
+    opts = {
+        "ENGD-W (η fixed)": optim.engd_woodbury(rf, DAMPING, learning_rate=ETA),
+        "ENGD-W (line search)": optim.engd_woodbury(rf, DAMPING),
+        "SPRING (η fixed)": optim.spring(rf, DAMPING, 0.9, learning_rate=ETA),
+        "SPRING (line search)": optim.spring(rf, DAMPING, 0.3115),
+        f"Hessian-free ({cg_iters} CG it.)": optim.hessian_free(rf, 0.1, cg_iters=cg_iters,
+                                                                 cg_tol=0.0),
+    }
+    steps = {}
+    for name, opt in opts.items():
+        def step(p, s, b, opt=opt):
+            updates, s = opt.update(None, s, p, batch=b)
+            return optax.apply_updates(p, updates), s
+
+        state = opt.init(params)
+        compiled = jax.jit(step).lower(params, state, batch).compile()
+        jax.block_until_ready(compiled(params, state, batch))
+        steps[name] = (compiled, state)
+    print(json.dumps(list(steps)), flush=True)
+    for line in sys.stdin:
+        name = line.strip()
+        compiled, state = steps[name]
+        t = time.perf_counter()
+        jax.block_until_ready(compiled(params, state, batch))
+        print(json.dumps(time.perf_counter() - t), flush=True)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--old", required=True, help="tree holding the old pinn_ng/")
+    ap.add_argument("--new", default=".", help="tree holding the new pinn_ng/")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--cg-iters", type=int, default=50)
+    args = ap.parse_args(argv)
+    here = os.path.abspath(__file__)
+    workers, names = {}, None
+    for label, tree in (("old", args.old), ("new", args.new)):
+        env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
+        proc = subprocess.Popen([sys.executable, here, "--worker", str(args.cg_iters)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                env=env, cwd=os.path.abspath(tree))
+        names = json.loads(proc.stdout.readline())  # compiled everything
+        workers[label] = proc
+        print(f"[{label}] compiled {len(names)} steps from {tree}", file=sys.stderr, flush=True)
+    times = {(label, n): [] for label in workers for n in names}
+    for r in range(args.rounds):
+        for n in names:
+            for label, proc in workers.items():
+                proc.stdin.write(n + "\n")
+                proc.stdin.flush()
+                times[label, n].append(json.loads(proc.stdout.readline()))
+        print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+    for proc in workers.values():
+        proc.stdin.close()
+        proc.wait()
+    print(f"| step (5d, N = 3500, P = 10,065, float64) | old s | new s | new / old |")
+    print("|---|---:|---:|---:|")
+    for n in names:
+        old, new = (statistics.median(times[label, n]) for label in ("old", "new"))
+        print(f"| {n} | {old:.3f} | {new:.3f} | {new / old:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--worker":
+        _worker(int(sys.argv[2]))
+    else:
+        sys.exit(main())

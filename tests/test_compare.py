@@ -83,7 +83,7 @@ def test_cli_bad_hyperparameter_is_one_clear_line(tmp_path):
                            "--out", str(tmp_path / "r")], capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        "pinn-ng run: error: unknown ENGD solver 'qr'; valid: ['cholesky', 'lstsq']"]
+        "pinn-ng run: error: optimizer 'engd': unknown ENGD solver 'qr'; valid: ['cholesky', 'lstsq']"]
     assert not (tmp_path / "r").exists()  # nothing written
     proc = subprocess.run([sys.executable, "-m", "pinn_ng.cli", "run", "--problem", "poisson2d",
                            "--optimizer", "engd", "--max-steps", "1", "--out", str(tmp_path / "r")],

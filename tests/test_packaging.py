@@ -9,6 +9,7 @@ git commit is None rather than that of whatever repository the install happens t
 from __future__ import annotations
 
 import shutil
+import os
 import subprocess
 import sys
 import sysconfig
@@ -18,11 +19,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+#: the installed copy must not see a source tree through PYTHONPATH
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
 def _sh(*cmd, cwd=None, timeout=300):
     proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout)
+                          timeout=timeout, env=CLEAN_ENV)
     assert proc.returncode == 0, f"{cmd}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
     return proc
 
@@ -87,7 +90,7 @@ def test_installed_plan_resolves_a_shipped_preset_outside_the_tree(installed):
     assert len(runs) >= 5 and all(line.startswith("poisson2d_") for line in runs)
     assert f"{len(runs)} runs; figures:" in proc.stderr and "speedup" in proc.stderr
     bad = subprocess.run([env / "bin" / "pinn-ng", "plan", "nope"], capture_output=True,
-                         text=True, cwd=outside, timeout=120)
+                         text=True, cwd=outside, timeout=120, env=CLEAN_ENV)
     assert bad.returncode == 2 and "smoke" in bad.stderr and "Traceback" not in bad.stderr
 
 

@@ -1,3 +1,4 @@
+import jax
 import pytest
 
 import pinn_ng
@@ -12,3 +13,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "benchmark" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.benchmark_test)
+
+
+_JITTED = {}
+
+
+def _jit(fn):
+    """jax.jit, memoised per function so that repeated seeds reuse one compilation."""
+    if fn not in _JITTED:
+        _JITTED[fn] = jax.jit(fn)
+    return _JITTED[fn]
+
+
+@pytest.fixture(params=["jit", "eager"])
+def variant(request):
+    """Run a numerics test jitted and eagerly (chex's ``variants`` idea): a function that
+    wraps ``opt.update`` (batch passed as a keyword: a pytree, traced by jax.jit)."""
+    return _jit if request.param == "jit" else (lambda fn: fn)

@@ -1,4 +1,12 @@
-"""Optimizers against dense float64 references (issue 3)."""
+"""Optimizers against dense float64 references (issue 3).
+
+Seeds are fixed and parametrized; each tolerance is derived from the conditioning of the
+system solved (eps = float64 unit roundoff, cond = 2-norm condition number computed from the
+dense reference), not from sampling seeds.  Numerics tests run jitted and eagerly (the
+``variant`` fixture of conftest.py).  More references: test_optim_numerics.py.
+"""
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -14,8 +22,26 @@ from pinn_ng.optim.step_size import LINE_SEARCH_GRID_EXPONENTS, grid_line_search
 from pinn_ng.residuals import ResidualFn, scaled_residuals
 
 
-def fresh_seed():
-    return int(np.random.SeedSequence().entropy % 2**31)
+EPS64 = float(np.finfo(np.float64).eps)
+SEEDS = [0, 1, 2]
+#: (variant, seed) for the costlier optimizer tests: every seed jitted (one compilation per
+#: optimizer, reused across seeds), the first seed also eagerly.  An eager update re-traces
+#: its loops on every call (1–10 s each here), so eager runs of all seeds would add minutes.
+VARIANT_SEEDS = [pytest.param("jit", s, id=f"jit-{s}") for s in SEEDS] + [
+    pytest.param("eager", SEEDS[0], id=f"eager-{SEEDS[0]}")]
+
+
+def with_variant_and_seed(test):
+    """Parametrize over VARIANT_SEEDS; all of a test's cases on one xdist worker, where the
+    jitted seeds after the first reuse its compilation."""
+    test = pytest.mark.xdist_group(name=test.__name__)(test)
+    return pytest.mark.parametrize("variant,seed", VARIANT_SEEDS, indirect=["variant"])(test)
+
+
+@functools.lru_cache(maxsize=None)
+def cached(factory, residual_fn, **hparams):
+    """One optimizer object per configuration, so a jitted ``update`` compiles once."""
+    return factory(residual_fn, **hparams)
 
 
 def rel_err(a, b):
@@ -52,116 +78,156 @@ def dense_jacobian(plain, params, batch):
     return np.asarray(r), np.asarray(jac), np.asarray(flat)
 
 
-def one_update(opt, params, batch):
+def one_update(opt, params, batch, variant=None):
+    """One step from ``opt.init``; ``variant`` (jit or identity) wraps ``opt.update``."""
+    update = opt.update if variant is None else variant(opt.update)
     state = opt.init(params)
-    updates, state = opt.update(None, state, params, batch=batch)
+    updates, state = update(None, state, params, batch=batch)
     return np.asarray(ravel_pytree(updates)[0]), state
+
+
+def cond_damped(jac, damping):
+    """cond(JᵀJ + λI) = cond(JJᵀ + λI) restricted to range: (σ_max² + λ)/(σ_min² + λ), with
+    σ_min = 0 when J is rank-deficient (N ≠ P) -- what bounds a damped solve's forward error."""
+    sv = np.linalg.svd(jac, compute_uv=False)
+    smin = sv[-1] if jac.shape[0] == jac.shape[1] else 0.0
+    return (sv[0] ** 2 + damping) / (smin**2 + damping)
 
 
 @pytest.mark.parametrize("n_interior,n_boundary", [(80, 20), (20, 10)], ids=["N>P", "N<P"])
 @pytest.mark.parametrize("kind", ["fast", "plain"])
-def test_engd_equals_engd_woodbury(tiny, n_interior, n_boundary, kind):
+@with_variant_and_seed
+def test_engd_equals_engd_woodbury(tiny, n_interior, n_boundary, kind, variant, seed):
     problem, init, apply, fast, plain = tiny
-    seed = fresh_seed()
     k_p, k_b = jax.random.split(jax.random.PRNGKey(seed))
     params = init(k_p)
     batch = problem.sample(k_b, n_interior, n_boundary)
     rfn = fast if kind == "fast" else plain
     damping = 1e-3
-    u_param, _ = one_update(optim.engd(rfn, damping, learning_rate=1.0), params, batch)
-    u_wood, _ = one_update(optim.engd_woodbury(rfn, damping, learning_rate=1.0), params, batch)
+    u_param, _ = one_update(cached(optim.engd, rfn, damping=damping, learning_rate=1.0),
+                            params, batch, variant)
+    u_wood, _ = one_update(cached(optim.engd_woodbury, rfn, damping=damping, learning_rate=1.0),
+                           params, batch, variant)
     # dense reference: φ = (JᵀJ + λI)⁻¹ Jᵀ r
     r, jac, _ = dense_jacobian(plain, params, batch)
     phi = np.linalg.solve(jac.T @ jac + damping * np.eye(jac.shape[1]), jac.T @ r)
-    assert rel_err(u_param, -phi) <= 1e-8, seed
-    assert rel_err(u_wood, -phi) <= 1e-8, seed
-    assert rel_err(u_wood, u_param) <= 1e-8, seed
-    # the paper's CPU solver for ENGD: minimum-norm least squares of the P x P system
-    u_lstsq, state = one_update(optim.engd(rfn, damping, learning_rate=1.0, solver="lstsq"),
-                                params, batch)
-    assert rel_err(u_lstsq, -phi) <= 1e-8, seed
+    # both are backward-stable solves of systems with the same nonzero spectrum (G = JᵀJ and
+    # K = JJᵀ), so rel. error ≲ cond(JᵀJ + λI)·eps ≈ ‖J‖²/λ·eps (≤ 3e4·eps here); ×100 for
+    # the constants of forming G or K
+    tol = 100 * cond_damped(jac, damping) * EPS64
+    assert tol <= 1e-8
+    assert rel_err(u_param, -phi) <= tol, seed
+    assert rel_err(u_wood, -phi) <= tol, seed
+    assert rel_err(u_wood, u_param) <= tol, seed
+    # the paper's CPU solver for ENGD: minimum-norm least squares of the P x P system (SVD:
+    # the same bound; λ > 0 keeps every singular value above gelsd's cut-off)
+    u_lstsq, state = one_update(cached(optim.engd, rfn, damping=damping, learning_rate=1.0,
+                                       solver="lstsq"), params, batch, variant)
+    assert rel_err(u_lstsq, -phi) <= tol, seed
     assert "jitter" not in optim.diagnostics(state)
 
 
-def test_engd_lstsq_is_minimum_norm_on_a_singular_system():
+@pytest.mark.parametrize("seed", SEEDS)
+def test_engd_lstsq_is_minimum_norm_on_a_singular_system(seed):
     """λ = 0 and a rank-deficient G: lstsq gives the pseudo-inverse solution (gelsd)."""
-    rng = np.random.default_rng(fresh_seed())
+    rng = np.random.default_rng(seed)
     a = rng.standard_normal((30, 8))
     gram = a @ a.T  # 30 x 30, rank 8
     g = rng.standard_normal(30)
     u = solvers.lstsq_solve(jnp.asarray(gram), 0.0, jnp.asarray(g))
-    assert rel_err(u, np.linalg.pinv(gram) @ g) <= 1e-9
+    # the pseudo-inverse on the rank-8 range: rel. error ≲ cond₊·eps, cond₊ = σ₁/σ₈ of G (the
+    # cut-off eps·30·σ₁ is far from both σ₈ and the rounding-level σ₉…)
+    sv = np.linalg.svd(gram, compute_uv=False)
+    tol = 100 * (sv[0] / sv[7]) * EPS64
+    assert tol <= 1e-9
+    assert rel_err(u, np.linalg.pinv(gram) @ g) <= tol
 
 
 def test_engd_and_woodbury_line_search_agree(tiny):
     problem, init, apply, fast, plain = tiny
-    params = init(jax.random.PRNGKey(fresh_seed()))
-    batch = problem.sample(jax.random.PRNGKey(fresh_seed()), 40, 20)
+    params = init(jax.random.PRNGKey(0))
+    batch = problem.sample(jax.random.PRNGKey(1), 40, 20)
     u1, s1 = one_update(optim.engd(fast, 1e-3), params, batch)
     u2, s2 = one_update(optim.engd_woodbury(fast, 1e-3), params, batch)
     assert float(optim.diagnostics(s1)["step_size"]) == float(optim.diagnostics(s2)["step_size"]) > 0
-    assert rel_err(u2, u1) <= 1e-8
+    _, jac, _ = dense_jacobian(plain, params, batch)
+    tol = 100 * cond_damped(jac, 1e-3) * EPS64  # as in test_engd_equals_engd_woodbury
+    assert tol <= 1e-8
+    assert rel_err(u2, u1) <= tol
 
 
 def test_engd_ema_and_identity_init(tiny):
     problem, init, apply, fast, plain = tiny
-    params = init(jax.random.PRNGKey(fresh_seed()))
-    batch = problem.sample(jax.random.PRNGKey(fresh_seed()), 30, 10)
+    params = init(jax.random.PRNGKey(0))
+    batch = problem.sample(jax.random.PRNGKey(1), 30, 10)
     r, jac, _ = dense_jacobian(plain, params, batch)
     lam, beta = 1e-4, 0.6
     u, state = one_update(optim.engd(fast, lam, learning_rate=1.0, ema=beta, init_identity=True),
                           params, batch)
     gram = beta * np.eye(jac.shape[1]) + (1 - beta) * jac.T @ jac
     phi = np.linalg.solve(gram + lam * np.eye(jac.shape[1]), jac.T @ r)
-    assert rel_err(u, -phi) <= 1e-8
+    # βI lifts the spectrum: cond(G + λI) ≤ (β + (1−β)‖J‖² + λ)/(β + λ), small (≲ 30)
+    tol = 100 * np.linalg.cond(gram + lam * np.eye(jac.shape[1])) * EPS64
+    assert tol <= 1e-8
+    assert rel_err(u, -phi) <= tol
     np.testing.assert_allclose(np.asarray(otu.tree_get(state, "gramian")), gram, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("learning_rate", [0.3, "line_search"])
 def test_spring_without_momentum_is_engd_woodbury(tiny, learning_rate):
     problem, init, apply, fast, plain = tiny
-    params = init(jax.random.PRNGKey(fresh_seed()))
-    batch = problem.sample(jax.random.PRNGKey(fresh_seed()), 30, 10)
+    params = init(jax.random.PRNGKey(0))
+    batch = problem.sample(jax.random.PRNGKey(1), 30, 10)
     u_s, _ = one_update(optim.spring(fast, 1e-4, 0.0, learning_rate=learning_rate,
                                      norm_constraint=None), params, batch)
     u_w, _ = one_update(optim.engd_woodbury(fast, 1e-4, learning_rate=learning_rate), params,
                         batch)
+    # μ = 0 runs the same operations in the same order: equal up to a few roundings
     assert rel_err(u_s, u_w) <= 1e-12
 
 
 @pytest.mark.parametrize("kind", ["fast", "plain"])
-def test_spring_matches_algorithm_1(tiny, kind):
+@with_variant_and_seed
+def test_spring_matches_algorithm_1(tiny, kind, variant, seed):
     """Several SPRING steps, fresh batch each, against a hand-written NumPy Algorithm 1."""
     problem, init, apply, fast, plain = tiny
-    seed = fresh_seed()
     params = init(jax.random.PRNGKey(seed))
     lam, mu, eta0, c = 1e-4, 0.8, 0.5, 1e-2
     rfn = fast if kind == "fast" else plain
-    opt = optim.spring(rfn, lam, mu, learning_rate=eta0, norm_constraint=c)
+    opt = cached(optim.spring, rfn, damping=lam, momentum=mu, learning_rate=eta0,
+                 norm_constraint=c)
+    update = variant(opt.update)
     state = opt.init(params)
     theta = np.asarray(ravel_pytree(params)[0])
     unravel = ravel_pytree(params)[1]
     phi = np.zeros_like(theta)
-    capped = 0
+    capped, conds = 0, []
     for k in range(1, 6):
         batch = problem.sample(jax.random.fold_in(jax.random.PRNGKey(seed), k), 25, 10)
         # library
-        updates, state = opt.update(None, state, params, batch=batch)
+        updates, state = update(None, state, params, batch=batch)
         params = optax.apply_updates(params, updates)
         # reference
         r, jac, _ = dense_jacobian(plain, unravel(jnp.asarray(theta)), batch)
         zeta = r - mu * jac @ phi
         u = np.linalg.solve(jac @ jac.T + lam * np.eye(len(r)), zeta)
+        conds.append(cond_damped(jac, lam))
         phi = jac.T @ u + mu * phi
         direction = phi / np.sqrt(1 - mu ** (2 * k))
         eta = min(eta0, np.sqrt(c) / np.linalg.norm(direction))
         capped += eta < eta0
         theta = theta - eta * direction
+        # η = min(η₀, √C/‖direction‖): as accurate as the direction's norm
         np.testing.assert_allclose(float(optim.diagnostics(state, updates)["step_size"]), eta,
                                    rtol=1e-9)
     assert capped >= 1  # the norm constraint was exercised
-    assert rel_err(ravel_pytree(params)[0], theta) <= 1e-9, seed
-    assert rel_err(otu.tree_get(state, "phi"), phi) <= 1e-8, seed
+    # each step's solve: rel. error ≲ cond(K + λI)·eps ≈ ‖J‖²/λ·eps (≤ ~3e5·eps here);
+    # momentum re-uses earlier φ (weights μʲ), so 5 steps accumulate ≲ Σμʲ ≈ 5 of those.
+    # θ itself (O(1), moved by steps of norm ≤ √C = 0.1) is then ~10× more accurate than φ.
+    tol_phi = 100 * max(conds) * EPS64
+    assert tol_phi <= 1e-8
+    assert rel_err(ravel_pytree(params)[0], theta) <= tol_phi / 10, seed
+    assert rel_err(otu.tree_get(state, "phi"), phi) <= tol_phi, seed
 
 
 def random_psd(n, rank, seed, decay=1.0):
@@ -170,49 +236,64 @@ def random_psd(n, rank, seed, decay=1.0):
     return a @ a.T
 
 
-@pytest.mark.parametrize("variant", ["nystrom", "nystrom_gpu"])
-def test_nystrom_full_rank_is_exact(variant):
-    n, seed = 60, fresh_seed()
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("method", ["nystrom", "nystrom_gpu"])
+def test_nystrom_full_rank_is_exact(method, seed):
+    n = 60
     k = random_psd(n, n, seed)
     g = np.random.default_rng(seed + 1).standard_normal(n)
     lam = 1e-3
     exact = np.linalg.solve(k + lam * np.eye(n), g)
     kj = jnp.asarray(k)
+    seen = []  # the test matrix Ω the sketch applies K to
+
+    def kmatmul(v):
+        seen.append(np.asarray(v))
+        return kj @ v
+
     key = jax.random.PRNGKey(seed)
-    if variant == "nystrom":
-        ny = solvers.nystrom_standard(lambda v: kj @ v, n, n, key, jnp.float64)
+    if method == "nystrom":
+        ny = solvers.nystrom_standard(kmatmul, n, n, key, jnp.float64)
         u = ny.solve(jnp.asarray(g), lam)
-        tol = 1e-8
     else:
-        ny = solvers.nystrom_gpu(lambda v: kj @ v, n, n, key, jnp.float64, lam)
+        ny = solvers.nystrom_gpu(kmatmul, n, n, key, jnp.float64, lam)
         u = ny.solve(jnp.asarray(g))
-        # Algorithm 2 keeps the un-orthonormalised Gaussian Ω, whose conditioning (a square
-        # 60 x 60 Gaussian: often 1e3–1e4) amplifies rounding in B = Y_ν C⁻¹: over 300 seeds
-        # the full-rank error was at most 7.9e-7 (median ~1e-10).  A wrong formula is O(1) off.
-        tol = 1e-5
+    # ℓ = N: K̂ = K exactly up to rounding.  Both solves end in a division by λ ((g − U…)/λ,
+    # (g − Bw)/λ), so rounding of size eps·‖K‖ in the sketch reaches u amplified by
+    # (‖K‖ + λ)/λ; Algorithm 2 keeps the un-orthonormalised Gaussian Ω (a square 60 x 60
+    # Gaussian: cond 1e2–1e4), which B = Y_ν C⁻¹ undoes, amplifying rounding by cond(Ω) too
+    # (the standard variant's Ω is orthonormal: cond 1).  rel. error ≲
+    # cond(Ω)·(‖K‖ + λ)/λ·eps, ×100 for the constants.  A wrong formula is O(1) off.
+    tol = 100 * np.linalg.cond(seen[0]) * (np.linalg.norm(k, 2) + lam) / lam * EPS64
+    assert tol <= 1e-4
     assert rel_err(u, exact) <= tol, seed
 
 
-def test_nystrom_low_rank_kernel_exact_at_its_rank():
+@pytest.mark.parametrize("seed", SEEDS)
+def test_nystrom_low_rank_kernel_exact_at_its_rank(seed):
     """A rank-r kernel is captured exactly by a sketch of size >= r (standard variant)."""
-    n, r, seed = 50, 12, fresh_seed()
+    n, r = 50, 12
     k = random_psd(n, r, seed)
     g = np.random.default_rng(seed).standard_normal(n)
     lam = 1e-2
     ny = solvers.nystrom_standard(lambda v: jnp.asarray(k) @ v, n, 20, jax.random.PRNGKey(seed),
                                   jnp.float64)
     exact = np.linalg.solve(k + lam * np.eye(n), g)
-    assert rel_err(ny.solve(jnp.asarray(g), lam), exact) <= 1e-8
+    # as in test_nystrom_full_rank_is_exact (orthonormal Ω): ≲ (‖K‖ + λ)/λ·eps
+    tol = 100 * (np.linalg.norm(k, 2) + lam) / lam * EPS64
+    assert tol <= 1e-8
+    assert rel_err(ny.solve(jnp.asarray(g), lam), exact) <= tol
     eig = np.linalg.eigvalsh(k)
     eig = np.clip(eig, 0, None)
     assert float(ny.effective_dimension(lam)) == pytest.approx(np.sum(eig / (eig + lam)),
                                                                rel=1e-8)
 
 
-def test_pcg_converges_to_exact_solve():
+@pytest.mark.parametrize("seed", SEEDS)
+def test_pcg_converges_to_exact_solve(seed):
     """Nyström-PCG converges to the exact solve; a sketch that captures the spectrum makes the
     preconditioned system well conditioned, so few iterations suffice."""
-    n, seed = 80, fresh_seed()
+    n = 80
     k = random_psd(n, 25, seed) + random_psd(n, n, seed + 1) * 1e-6
     g = np.random.default_rng(seed).standard_normal(n)
     lam = 1e-4
@@ -222,26 +303,42 @@ def test_pcg_converges_to_exact_solve():
     sketch_only = rel_err(pre.solve(jnp.asarray(g), lam), exact)
     u2 = solvers.pcg(lambda v: kj @ v, jnp.asarray(g), lam, pre, maxiter=2)
     u = solvers.pcg(lambda v: kj @ v, jnp.asarray(g), lam, pre, maxiter=60, tol=1e-15)
-    assert rel_err(u, exact) <= 1e-8, seed
+    # converged CG: the attainable accuracy of a (preconditioned) Krylov solve, ≲ cond·eps
+    # (cond(K + λI) ≈ 1e6 here), ×10 for the constants
+    tol = 10 * np.linalg.cond(k + lam * np.eye(n)) * EPS64
+    assert tol <= 1e-8
+    assert rel_err(u, exact) <= tol, seed
     assert rel_err(u, exact) < rel_err(u2, exact) < sketch_only, seed
 
 
 @pytest.mark.parametrize("solver", ["nystrom", "nystrom_gpu", "nystrom_pcg"])
-def test_optimizer_nystrom_at_full_sketch_matches_cholesky(tiny, solver):
+@with_variant_and_seed
+def test_optimizer_nystrom_at_full_sketch_matches_cholesky(tiny, solver, variant, seed):
     problem, init, apply, fast, plain = tiny
-    params = init(jax.random.PRNGKey(fresh_seed()))
-    batch = problem.sample(jax.random.PRNGKey(fresh_seed()), 20, 10)  # N = 30 < P = 59
+    params = init(jax.random.PRNGKey(seed))
+    batch = problem.sample(jax.random.PRNGKey(100 + seed), 20, 10)  # N = 30 < P = 59
+    lam = 1e-3
     extra = {"pcg_iters": 200} if solver == "nystrom_pcg" else {}
-    u_ref, _ = one_update(optim.engd_woodbury(fast, 1e-3, learning_rate=1.0), params, batch)
-    u_ny, _ = one_update(optim.engd_woodbury(fast, 1e-3, learning_rate=1.0, solver=solver,
-                                             sketch_size=30, **extra), params, batch)
-    assert rel_err(u_ny, u_ref) <= 1e-7
+    u_ref, _ = one_update(cached(optim.engd_woodbury, fast, damping=lam, learning_rate=1.0),
+                          params, batch, variant)
+    u_ny, _ = one_update(cached(optim.engd_woodbury, fast, damping=lam, learning_rate=1.0,
+                                solver=solver, sketch_size=30, **extra), params, batch, variant)
+    # ℓ = N: exact up to rounding, ≲ cond(Ω)·(‖K‖ + λ)/λ·eps as in
+    # test_nystrom_full_rank_is_exact; the optimizer's Ω is internal, so cond(Ω) is bounded by
+    # 10·N (a square N x N Gaussian has cond ≈ N typically; 1 for the orthonormal Ω).
+    _, jac, _ = dense_jacobian(plain, params, batch)
+    n = jac.shape[0]
+    amplification = 10 * n if solver == "nystrom_gpu" else 1
+    tol = 100 * amplification * cond_damped(jac, lam) * EPS64
+    assert tol <= 1e-7
+    assert rel_err(u_ny, u_ref) <= tol
 
 
-def test_cholesky_failure_uses_documented_fallback():
+@pytest.mark.parametrize("seed", SEEDS)
+def test_cholesky_failure_uses_documented_fallback(seed):
     """An indefinite K (eigenvalue −1e-2) defeats every jitter: the eigh fallback runs."""
     n = 40
-    rng = np.random.default_rng(fresh_seed())
+    rng = np.random.default_rng(seed)
     q, _ = np.linalg.qr(rng.standard_normal((n, n)))
     sigma = np.concatenate([np.logspace(0, -3, n - 5), np.zeros(4), [-1e-2]])  # indefinite
     k = (q * sigma) @ q.T
@@ -250,16 +347,22 @@ def test_cholesky_failure_uses_documented_fallback():
     assert float(sol.fallback) == 1.0 and float(sol.jitter) == 0.0
     keep = sigma > 1e-12
     ref = q[:, keep] @ ((q[:, keep].T @ g) / sigma[keep])
-    assert rel_err(sol.u, ref) <= 1e-8
+    # pseudo-inverse on the kept spectrum [1e-3, 1]: rel. error ≲ cond₊·eps = 1e3·eps
+    tol = 100 * (sigma[keep].max() / sigma[keep].min()) * EPS64
+    assert tol <= 1e-8
+    assert rel_err(sol.u, ref) <= tol
     assert float(sol.effective_dimension) == pytest.approx(keep.sum(), rel=1e-10)
     ok = solvers.cholesky_solve(jnp.asarray(k + 0.1 * np.eye(n)), 1e-3, jnp.asarray(g))
     assert float(ok.fallback) == 0.0 and float(ok.jitter) == 0.0
-    ref = np.linalg.solve(k + (0.1 + 1e-3) * np.eye(n), g)
-    assert rel_err(ok.u, ref) <= 1e-12
+    a = k + (0.1 + 1e-3) * np.eye(n)
+    ref = np.linalg.solve(a, g)
+    tol = 100 * np.linalg.cond(a) * EPS64  # cond ≈ 1.1/0.09 ≈ 12
+    assert tol <= 1e-12
+    assert rel_err(ok.u, ref) <= tol
 
 
-@pytest.mark.parametrize("rep", range(3))
-def test_cholesky_rank_deficient_tiny_damping_solves_nearby_pd_system(rep):
+@pytest.mark.parametrize("seed", SEEDS)
+def test_cholesky_rank_deficient_tiny_damping_solves_nearby_pd_system(seed):
     """The paper's regime: K = JJᵀ rank-deficient, λ far below K's rounding error (eps·‖K‖).
 
     K + λI is then not numerically positive definite and its plain Cholesky fails.  The solver
@@ -272,7 +375,7 @@ def test_cholesky_rank_deficient_tiny_damping_solves_nearby_pd_system(rep):
     so the forward check is that loose bound.  d_eff at λ + δ is equally noisy in its
     near-null part (rounding eigenvalues ~ eps·‖K‖ ≈ λ + δ): within 0.5 of the dense value.
     """
-    rng = np.random.default_rng(fresh_seed())
+    rng = np.random.default_rng(seed)
     n, p, rank = 80, 300, 40
     u_, _ = np.linalg.qr(rng.standard_normal((n, rank)))
     v_, _ = np.linalg.qr(rng.standard_normal((p, rank)))
@@ -304,8 +407,8 @@ def test_cholesky_rank_deficient_tiny_damping_solves_nearby_pd_system(rep):
 
 def test_engd_woodbury_reports_jitter_in_diagnostics(tiny):
     problem, init, apply, fast, plain = tiny
-    params = init(jax.random.PRNGKey(fresh_seed()))
-    batch = problem.sample(jax.random.PRNGKey(fresh_seed()), 60, 20)  # N = 80 > P = 59: K singular
+    params = init(jax.random.PRNGKey(0))
+    batch = problem.sample(jax.random.PRNGKey(1), 60, 20)  # N = 80 > P = 59: K singular
     _, state = one_update(optim.engd_woodbury(fast, 0.0, learning_rate=1.0), params, batch)
     diag = optim.diagnostics(state)
     assert float(diag["cholesky_fallback"]) == 0.0 and float(diag["jitter"]) > 0.0
@@ -319,8 +422,8 @@ def test_engd_woodbury_reports_jitter_in_diagnostics(tiny):
 
 def test_effective_dimension_matches_eigenvalues(tiny):
     problem, init, apply, fast, plain = tiny
-    params = init(jax.random.PRNGKey(fresh_seed()))
-    batch = problem.sample(jax.random.PRNGKey(fresh_seed()), 25, 10)
+    params = init(jax.random.PRNGKey(0))
+    batch = problem.sample(jax.random.PRNGKey(1), 25, 10)
     lam = 1e-5
     _, state = one_update(optim.engd_woodbury(fast, lam, track_effective_dimension=True),
                           params, batch)
@@ -328,12 +431,19 @@ def test_effective_dimension_matches_eigenvalues(tiny):
     sigma = np.linalg.eigvalsh(jac @ jac.T)
     d_eff = np.sum(sigma / (sigma + lam))
     got = optim.diagnostics(state)["effective_dimension"]
-    assert float(got) == pytest.approx(d_eff, rel=1e-9)
+    # K's rounding moves each eigenvalue by ≲ eps·‖K‖ (in the library's K and in this
+    # reference's), and the term σ/(σ+λ) by λ/(σ+λ)² times that: first-order bound
+    # 2·eps·‖K‖·Σ λ/(σᵢ+λ)², relative to d_eff (a sum of worst cases: no extra factor)
+    sig = np.clip(sigma, 0.0, None)
+    tol = 2 * EPS64 * sigma.max() * np.sum(lam / (sig + lam) ** 2) / d_eff
+    assert tol <= 1e-9
+    assert float(got) == pytest.approx(d_eff, rel=tol)
     assert 0 < float(got) <= 35
 
 
-def test_grid_line_search_picks_argmin_and_no_step_uphill():
-    rng = np.random.default_rng(fresh_seed())
+@pytest.mark.parametrize("seed", SEEDS)
+def test_grid_line_search_picks_argmin_and_no_step_uphill(seed):
+    rng = np.random.default_rng(seed)
     target = jnp.asarray(rng.standard_normal(7))
     flat = jnp.asarray(rng.standard_normal(7))
 
@@ -351,16 +461,71 @@ def test_grid_line_search_picks_argmin_and_no_step_uphill():
     assert float(eta_up) == 0.0
 
 
+def line_search_reference(residual_fn, params, batch, damping):
+    """Dense float64 ENGD-W step with the grid line search: (φ, η, losses, loss0, cond)."""
+    flat0, unravel = ravel_pytree(params)
+    res_of = jax.jit(lambda w: residual_fn(unravel(w), batch))
+    r = np.asarray(res_of(flat0))
+    jac = np.asarray(jax.jit(jax.jacrev(res_of))(flat0))
+    phi = jac.T @ np.linalg.solve(jac @ jac.T + damping * np.eye(len(r)), r)
+    etas = 2.0 ** np.asarray(LINE_SEARCH_GRID_EXPONENTS, float)
+    losses = np.array([0.5 * float(np.sum(np.asarray(res_of(flat0 - e * phi)) ** 2))
+                       for e in etas])
+    loss0 = 0.5 * float(r @ r)
+    best = int(np.argmin(losses))
+    eta = etas[best] if losses[best] < loss0 else 0.0
+    return phi, eta, losses, loss0, cond_damped(jac, damping)
+
+
+@with_variant_and_seed
+def test_line_search_step_matches_dense_reference(tiny, variant, seed):
+    """ENGD-W with the grid line search on a real residual: η and the step equal the dense
+    reference (φ by a float64 solve, η = argmin of the 31 grid losses along −φ)."""
+    problem, init, apply, fast, plain = tiny
+    params = init(jax.random.PRNGKey(seed))
+    batch = problem.sample(jax.random.PRNGKey(100 + seed), 20, 10)
+    lam = 1e-3
+    phi, eta, losses, loss0, cond = line_search_reference(plain, params, batch, lam)
+    # the grid argmin is decided far above rounding: runner-up at least 1e-6 (relative) worse
+    ranked = np.sort(losses)
+    assert eta > 0 and (ranked[1] - ranked[0]) > 1e-6 * loss0
+    u, state = one_update(cached(optim.engd_woodbury, fast, damping=lam), params, batch, variant)
+    assert float(optim.diagnostics(state)["step_size"]) == eta
+    tol = 100 * cond * EPS64  # the solve, as in test_engd_equals_engd_woodbury
+    assert tol <= 1e-8
+    assert rel_err(u, -eta * phi) <= tol
+
+
 def test_line_search_no_step_leaves_params(tiny):
-    """At the exact minimiser of a batch's loss nothing can lower it: no step is taken."""
+    """No grid step lowers the loss: η = 0 and the parameters stay, with a real direction.
+
+    Residual: the PINN's r(θ) plus one row M·‖θ − θ₀‖².  At θ₀ that row and its gradient
+    vanish, so r, J and the ENGD-W direction φ are the PINN's (nonzero); along −ηφ the loss is
+    ≥ ½M²η⁴‖φ‖⁴, which M = 10·√(2L₀)/(2⁻⁶⁰‖φ‖²) makes > 100·L₀ for every grid η ≥ 2⁻³⁰.
+    """
     problem, init, apply, fast, plain = tiny
     params = init(jax.random.PRNGKey(0))
-    batch = problem.sample(jax.random.PRNGKey(1), 20, 10)
-    # zero-residual function: loss 0, any step keeps it 0 -> not lower -> η = 0
-    zero = lambda p, b: 0.0 * plain(p, b)  # noqa: E731
-    u, state = one_update(optim.engd_woodbury(zero, 1e-3), params, batch)
+    batch = problem.sample(jax.random.PRNGKey(1), 10, 5)
+    lam = 1e-3
+    flat0 = ravel_pytree(params)[0]
+    phi, _, _, loss0, cond = line_search_reference(plain, params, batch, lam)
+    big_m = 10 * np.sqrt(2 * loss0) / (2.0**-60 * float(phi @ phi))
+
+    def bent(p, b):
+        shift = ravel_pytree(p)[0] - flat0
+        return jnp.concatenate([plain(p, b), big_m * jnp.dot(shift, shift)[None]])
+
+    phi_b, eta, losses, loss0_b, _ = line_search_reference(bent, params, batch, lam)
+    assert loss0_b == pytest.approx(loss0, rel=4 * EPS64)  # one more (zero) term summed
+    assert np.all(losses > 100 * loss0) and eta == 0.0
+    tol = 100 * cond * EPS64
+    assert rel_err(phi_b, phi) <= tol  # the extra row leaves the direction alone
+    # jitted only: an eager step re-traces jax.jacrev of this plain residual (~30 s)
+    u, state = one_update(optim.engd_woodbury(bent, lam), params, batch, jax.jit)
     assert float(optim.diagnostics(state)["step_size"]) == 0.0
     assert np.all(u == 0.0)
+    # ... although the direction was a real one
+    np.testing.assert_allclose(float(optim.diagnostics(state)["phi_norm"]), np.linalg.norm(phi), rtol=tol)
 
 
 def test_nonfinite_residual_never_reaches_params(tiny):
@@ -378,18 +543,23 @@ def test_nonfinite_residual_never_reaches_params(tiny):
         assert not np.isfinite(float(diag["loss"]))  # reported
 
 
-def test_blocked_kernel_matches_dense(tiny):
+def test_blocked_kernel_matches_dense(tiny, variant):
     problem, init, apply, fast, plain = tiny
-    params = init(jax.random.PRNGKey(fresh_seed()))
-    batch = problem.sample(jax.random.PRNGKey(fresh_seed()), 23, 9)
+    params = init(jax.random.PRNGKey(0))
+    batch = problem.sample(jax.random.PRNGKey(1), 23, 9)
     kw = dict(learning_rate=0.5, norm_constraint=None)
-    u_d, _ = one_update(optim.spring(fast, 1e-4, 0.0, **kw), params, batch)
+    u_d, _ = one_update(optim.spring(fast, 1e-4, 0.0, **kw), params, batch, variant)
     u_b, _ = one_update(optim.spring(fast, 1e-4, 0.0, kernel="blocked", block_size=7, **kw),
-                        params, batch)
-    assert rel_err(u_b, u_d) <= 1e-9
+                        params, batch, variant)
     from pinn_ng.optim.kernels import kernel_blocked, kernel_lower_from_jacobian
     _, jac = fast.residual_and_jacobian(params, batch)
+    # the same system with K's entries rounded differently (blocked vs whole GEMMs, J's rows
+    # recomputed): rel. difference ≲ cond(K + λI)·eps
+    tol = 100 * cond_damped(np.asarray(jac), 1e-4) * EPS64
+    assert tol <= 1e-8
+    assert rel_err(u_b, u_d) <= min(tol, 1e-9)
     k_ref = np.asarray(jac @ jac.T)
+    # entrywise: a P = 59 term dot product rounded differently, ≲ P·eps relative to |J_i||J_j|
     np.testing.assert_allclose(np.tril(np.asarray(kernel_blocked(fast, params, batch, 5))),
                                np.tril(k_ref), rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(np.asarray(kernel_lower_from_jacobian(jac, 3)), k_ref,
@@ -454,8 +624,10 @@ def _train(problem, apply, params, opt, uses_grads, steps, n_i, n_b, seed=0):
     return params
 
 
-def test_poisson2d_engd_w_and_spring_beat_adam():
-    """Small net 2-16-16-1 (P = 337), N = 200 + 50 in float64, 300 steps each."""
+def test_poisson2d_engd_w_and_spring_reach_small_error():
+    """Small net 2-16-16-1 (P = 337), N = 200 + 50 in float64, 300 steps each: both reach the
+    paper's regime (L2 error ≤ 1e-5; the initial net is O(1) off).  How Adam fares is a
+    property of Adam, not of this code, and is not asserted."""
     problem = problems.get("poisson2d")
     init, apply = models.mlp((2, 16, 16, 1))
     params = init(jax.random.PRNGKey(1))
@@ -465,13 +637,12 @@ def test_poisson2d_engd_w_and_spring_beat_adam():
     for name, opt in {
         "engd_woodbury": optim.engd_woodbury(rf, 1e-10),
         "spring": optim.spring(rf, 1e-10, 0.5),
-        "adam": optim.adam(rf, 1e-3),
     }.items():
         trained = _train(problem, apply, params, opt, optim.uses_grads(name), steps, 200, 50)
         l2[name] = problem.errors(apply, trained)["l2"]
+    assert problem.errors(apply, params)["l2"] > 1e-2  # the start is far from it
     assert l2["engd_woodbury"] <= 1e-5, l2
     assert l2["spring"] <= 1e-5, l2
-    assert l2["adam"] > 1e-5, l2
 
 
 SMOKE = {

@@ -35,7 +35,10 @@ MODEL_SEED = 1
 #: Tolerance of every correctness check before timing (float64, relative to the max entry).
 CHECK_RTOL = 1e-10
 
-METHODS = operators.METHODS  # ("folx", "fwd_rev", "hessian"); "folx" is the library default
+METHODS = operators.METHODS  # ("folx", "fwd_rev", "hessian"): Laplacian methods, folx general
+#: ways of computing J: the per-point Laplacian methods, and the structured channels of
+#: pinn_ng.channels (the default for models.mlp networks since issue 10)
+JACOBIAN_METHODS = METHODS + ("structured",)
 
 
 def quick_mode() -> bool:

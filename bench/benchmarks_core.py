@@ -75,29 +75,30 @@ class LaplacianRatio:
 
 
 class Jacobian:
-    """J = ∂r/∂θ (N × P) by ``residual_fn.jacobian`` (per point, folx Laplacian)."""
+    """J = ∂r/∂θ (N × P) by ``residual_fn.jacobian``: per point with the folx Laplacian, or
+    from the structured channels (the default for the paper's MLPs)."""
 
-    param_names = ["size"]
-    params = (_JACOBIAN_LABELS,)
+    param_names = ["size", "method"]
+    params = (_JACOBIAN_LABELS, ["folx", "structured"])
     number = 1
     repeat = (1, 7, 30.0)  # (min samples, max samples, seconds): 100d J takes seconds a call
     rounds = 1
     warmup_time = 0.0
     timeout = 600
 
-    def setup(self, size):
+    def setup(self, size, method):
         s = _cases.find_size(size, _cases.jacobian_sizes())
         net = _cases.build_net(s.problem)
-        self.case = _cases.jacobian_case(net, s)
+        self.case = _cases.jacobian_case(net, s, method)
         self.case.compile().verify()
 
-    def time_jacobian(self, size):
+    def time_jacobian(self, size, method):
         self.case().block_until_ready()
 
-    def peakmem_jacobian(self, size):
+    def peakmem_jacobian(self, size, method):
         self.case().block_until_ready()
 
-    def track_peak_memory(self, size):
+    def track_peak_memory(self, size, method):
         return peak_memory(self.case.compiled)[0] / MiB
 
     track_peak_memory.unit = "MiB"

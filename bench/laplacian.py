@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     for size in _cases.jacobian_sizes(quick=False):
         _log(f"Jacobian {size.label}")
         net = _cases.build_net(size.problem)
-        cases = [_cases.jacobian_case(net, size, m) for m in _cases.METHODS]
+        cases = [_cases.jacobian_case(net, size, m) for m in _cases.JACOBIAN_METHODS]
         rows = measure_group(size.label, cases, 0, *repeats_for("jacobian"))
         table.append(("J = residual_fn.jacobian", size, net.n_params, rows))
         del cases  # free the compiled executables before the next size

@@ -31,7 +31,8 @@ def mlp(widths: Sequence[int], dtype=None) -> MLP:
     the Glorot/Xavier-normal scheme (PyTorch's ``nn.Linear`` default in the reference code is
     uniform; any sensible scheme carries over since every optimizer sees the same start), biases
     at zero.  ``apply(params, x)`` maps one point ``x`` of shape ``(widths[0],)`` to a scalar;
-    vmap it for batches.
+    vmap it for batches.  ``apply.tanh_mlp_widths`` records ``widths``: residuals of such a
+    network take the structured path of :mod:`pinn_ng.channels` instead of folx.
     """
     widths = tuple(int(w) for w in widths)
     if len(widths) < 2 or any(w <= 0 for w in widths):
@@ -62,4 +63,6 @@ def mlp(widths: Sequence[int], dtype=None) -> MLP:
         w, b = params[-1]
         return (h @ w + b)[0]
 
+    # marks the network for the structured forward-Laplacian path (pinn_ng.channels)
+    apply.tanh_mlp_widths = widths
     return MLP(init, apply)

@@ -74,9 +74,11 @@ class Problem:
     n_interior: int  # the paper's N_Ω
     n_boundary: int  # the paper's N_∂Ω (boundary and/or initial points)
     exact_fn: Callable = field(repr=False)
-    #: interior residual (L u)(x) - f(x) of a scalar function ``u`` at one point ``x``,
-    #: given the Laplacian method name.
-    interior_fn: Callable = field(repr=False)
+    #: interior residual (L u)(x) − f(x) at one point ``x`` from the derivatives of u there:
+    #: ``interior_jet_fn(value, grad, laplacian, x)`` with ``grad`` over every input coordinate
+    #: (time last) and the Laplacian over the spatial ones.  Both the general (folx) path and
+    #: the structured MLP path (:mod:`pinn_ng.channels`) evaluate the PDE through it.
+    interior_jet_fn: Callable = field(repr=False)
     sample_interior_fn: Callable = field(repr=False)
     sample_boundary_fn: Callable = field(repr=False)
     time_dependent: bool = False
@@ -148,9 +150,20 @@ class Problem:
         return self.sample_interior_fn(key, EVAL_FACTOR * self.n_interior, dtype)
 
     # -- per-point residuals (batching, scaling and J live in pinn_ng.residuals) ---------------
+    @property
+    def lap_dims(self) -> tuple:
+        """The coordinates the Laplacian sums over (the spatial ones)."""
+        return tuple(range(self.spatial_dim))
+
     def interior_residual(self, u: Callable, x, method: str = "folx"):
-        """Unscaled PDE residual (L u)(x) - f(x) at one point."""
-        return self.interior_fn(u, x, method)
+        """Unscaled PDE residual (L u)(x) - f(x) at one point, derivatives by ``method``."""
+        if self.time_dependent:
+            value, grad_x, lap = value_grad_laplacian(u, dims=self.lap_dims, method=method)(x)
+            u_t = partial_derivative(u, self.input_dim - 1)(x)
+            grad = jnp.concatenate([grad_x, u_t[None]])
+        else:
+            value, grad, lap = value_grad_laplacian(u, method=method)(x)
+        return self.interior_jet_fn(value, grad, lap, x)
 
     def boundary_residual(self, u: Callable, x):
         """Unscaled boundary / initial residual u(x) - u*(x) at one point."""
@@ -189,13 +202,12 @@ def _poisson(name, d, exact, source, widths, n_i, n_b, description, error_scale=
              budget=None) -> Problem:
     """−Δu = f on (0,1)^d, u = u* on the boundary."""
 
-    def interior(u, x, method):
-        _, _, lap = value_grad_laplacian(u, method=method)(x)
+    def interior(value, grad, lap, x):
         return -lap - source(x)
 
     return Problem(
         name=name, description=description, input_dim=d, widths=tuple(widths),
-        n_interior=n_i, n_boundary=n_b, exact_fn=exact, interior_fn=interior,
+        n_interior=n_i, n_boundary=n_b, exact_fn=exact, interior_jet_fn=interior,
         sample_interior_fn=lambda k, n, dt: _uniform(k, n, [0.0] * d, [1.0] * d, dt),
         sample_boundary_fn=lambda k, n, dt: _cube_boundary(k, n, d, dt),
         error_scale=error_scale, budget_seconds=budget,
@@ -265,15 +277,12 @@ def heat(d: int = 4) -> Problem:
     the first half (rounded down) of ``boundary`` is initial (t = 0), the rest on the cube's
     boundary at uniform times.
     """
-    spatial = list(range(d))
 
     def exact(x):
         return jnp.exp(-x[d]) * jnp.sum(jnp.sin(2.0 * x[:d]))
 
-    def interior(u, x, method):
-        _, _, lap = value_grad_laplacian(u, dims=spatial, method=method)(x)
-        u_t = partial_derivative(u, d)(x)
-        return u_t - 0.25 * lap
+    def interior(value, grad, lap, x):
+        return grad[d] - 0.25 * lap
 
     def sample_boundary(key, n, dtype):
         k_init, k_side, k_t = jax.random.split(key, 3)
@@ -287,7 +296,7 @@ def heat(d: int = 4) -> Problem:
     return Problem(
         name=f"heat{d}d", description=f"heat {d}+1d, u* = exp(-t) sum sin(2 x_i)",
         input_dim=d + 1, widths=(d + 1, 256, 256, 128, 128, 1), n_interior=3000,
-        n_boundary=500, exact_fn=exact, interior_fn=interior,
+        n_boundary=500, exact_fn=exact, interior_jet_fn=interior,
         sample_interior_fn=lambda k, n, dt: _uniform(k, n, [0.0] * (d + 1), [1.0] * (d + 1), dt),
         sample_boundary_fn=sample_boundary, time_dependent=True, budget_seconds=3000.0,
     )
@@ -301,16 +310,14 @@ def log_fokker_planck(d: int = 9, half_width: float = 5.0) -> Problem:
     q* = log N(x; 0, (2 − e^{−t}) I) and initial condition q(·, 0) = log N(0, I).  Net
     10-256-256-128-128-1, batch 3000 interior / 1000 initial points.
     """
-    spatial = list(range(d))
     lo, hi = [-half_width] * d, [half_width] * d
 
     def exact(x):
         s = 2.0 - jnp.exp(-x[d])
         return -0.5 * d * jnp.log(2.0 * jnp.pi * s) - jnp.sum(x[:d] ** 2) / (2.0 * s)
 
-    def interior(u, x, method):
-        _, grad_x, lap = value_grad_laplacian(u, dims=spatial, method=method)(x)
-        q_t = partial_derivative(u, d)(x)
+    def interior(value, grad, lap, x):
+        grad_x, q_t = grad[:d], grad[d]
         return q_t - 0.5 * d - 0.5 * jnp.dot(x[:d], grad_x) - lap - jnp.sum(grad_x**2)
 
     def sample_interior(key, n, dtype):
@@ -323,7 +330,7 @@ def log_fokker_planck(d: int = 9, half_width: float = 5.0) -> Problem:
     return Problem(
         name=f"logfp{d}d", description=f"log-Fokker-Planck {d}+1d on [-{half_width},{half_width}]^{d}",
         input_dim=d + 1, widths=(d + 1, 256, 256, 128, 128, 1), n_interior=3000,
-        n_boundary=1000, exact_fn=exact, interior_fn=interior,
+        n_boundary=1000, exact_fn=exact, interior_jet_fn=interior,
         sample_interior_fn=sample_interior, sample_boundary_fn=sample_initial,
         time_dependent=True, budget_seconds=6000.0,
     )

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from . import channels, operators
 from .problems import Batch, Problem
 
 
@@ -190,6 +191,59 @@ class RowBlocks(NamedTuple):
     rows: Callable
 
 
+#: How a :class:`ResidualFn` differentiates: ``"structured"`` (the channels of
+#: :mod:`pinn_ng.channels`, for ``models.mlp`` networks), or per point with one of the
+#: Laplacian methods of :mod:`pinn_ng.operators`; ``"auto"`` picks structured when it can.
+METHODS = ("structured",) + operators.METHODS
+
+
+def _per_point(problem: Problem, apply: Callable, method: str):
+    """(residual, rows) for any ``apply``: vmap over points of per-point derivatives."""
+
+    def point_residual(kind):
+        if kind == "interior":
+            return lambda p, x: problem.interior_residual(lambda y: apply(p, y), x, method)
+        return lambda p, x: problem.boundary_residual(lambda y: apply(p, y), x)
+
+    point = {k: point_residual(k) for k in ("interior", "boundary")}
+
+    def residual(params, batch):
+        return scaled_residuals(problem, lambda x: apply(params, x), batch, method)
+
+    def rows(params, points, kind, scale):
+        r, g = jax.vmap(jax.value_and_grad(point[kind]), (None, 0))(params, points)
+        return r * scale, flatten_rows(g, points.shape[0]) * scale
+
+    return residual, rows
+
+
+def _structured(problem: Problem):
+    """(residual, rows) of a tanh MLP from its forward-Laplacian channels, whole batches."""
+    lap_dims = problem.lap_dims
+
+    def interior_of_jet(jet, x):
+        return jax.vmap(problem.interior_jet_fn)(jet.value, jet.grad, jet.laplacian, x)
+
+    def boundary_of_value(value, x):
+        return value - jax.vmap(problem.exact_fn)(x)
+
+    def residual(params, batch):
+        problem.check_batch(batch)
+        s_i, s_b = row_scales(batch.interior.shape[0], batch.boundary.shape[0])
+        r_i = interior_of_jet(channels.jet(params, batch.interior, lap_dims), batch.interior)
+        out_b, _ = channels.forward(params, batch.boundary, None)
+        r_b = boundary_of_value(out_b[:, 0], batch.boundary)
+        return jnp.concatenate([r_i * s_i, r_b * s_b])
+
+    def rows(params, points, kind, scale):
+        if kind == "interior":
+            return channels.residual_and_jacobian(params, points, lap_dims, interior_of_jet,
+                                                  scale)
+        return channels.residual_and_jacobian(params, points, None, boundary_of_value, scale)
+
+    return residual, rows
+
+
 class ResidualFn:
     """The residual operator of the network ``apply(params, x)`` on ``problem``.
 
@@ -206,24 +260,23 @@ class ResidualFn:
     Called eagerly, it checks the batch shape and that parameters are finite.
     """
 
-    def __init__(self, problem: Problem, apply: Callable, method: str = "folx"):
+    def __init__(self, problem: Problem, apply: Callable, method: str = "auto"):
+        widths = channels.tanh_mlp_widths(apply)
+        if method == "auto":
+            method = "structured" if widths is not None else "folx"
+        if method not in METHODS:
+            raise ValueError(f"unknown residual method {method!r}; valid: {list(METHODS)}")
+        if method == "structured" and widths is None:
+            raise ValueError("method='structured' needs a pinn_ng.models.mlp network (apply "
+                             "without tanh_mlp_widths); use method='folx' for other networks")
         self.problem = problem
         self.apply = apply
         self.method = method
 
-        def point_residual(kind):
-            if kind == "interior":
-                return lambda p, x: problem.interior_residual(lambda y: apply(p, y), x, method)
-            return lambda p, x: problem.boundary_residual(lambda y: apply(p, y), x)
-
-        self._point = {k: point_residual(k) for k in ("interior", "boundary")}
-
-        def residual(params, batch):
-            return scaled_residuals(problem, lambda x: apply(params, x), batch, method)
-
-        def rows(params, points, kind, scale):
-            r, g = jax.vmap(jax.value_and_grad(self._point[kind]), (None, 0))(params, points)
-            return r * scale, flatten_rows(g, points.shape[0]) * scale
+        if method == "structured":
+            residual, rows = _structured(problem)
+        else:
+            residual, rows = _per_point(problem, apply, method)
 
         def residual_and_jacobian(params, batch):
             s_i, s_b = row_scales(batch.interior.shape[0], batch.boundary.shape[0])
@@ -283,7 +336,7 @@ class ResidualFn:
 
     def point_jacobian(self, params, points, kind: str, scale: float):
         """(r_rows, J_rows) for a block of ``kind`` points, each row multiplied by ``scale``."""
-        if kind not in self._point:
+        if kind not in ("interior", "boundary"):
             raise ValueError(f"kind must be 'interior' or 'boundary', got {kind!r}")
         return self._rows(params, points, kind, scale)
 

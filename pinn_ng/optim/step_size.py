@@ -27,21 +27,31 @@ from ..residuals import as_operator
 LINE_SEARCH_GRID_EXPONENTS = tuple(range(-30, 1))
 
 
-def grid_line_search(loss_of_flat: Callable, flat, direction, loss0=None):
+def grid_line_search(loss_of_flat: Callable, flat, direction, loss0=None,
+                     chunk_size: int | None = None):
     """Step size from the grid that minimises the loss along −direction on the current batch.
 
-    The 31 candidate losses ``loss_of_flat(flat − η·direction)`` are evaluated in one batched
-    (vmapped) pass; with ``loss0=None`` the loss at η = 0 is evaluated in the same pass.
-    Non-finite candidate losses count as +inf.  If no candidate lowers the loss below
-    ``loss0``, the step size is 0 (no step).  Returns ``(eta, losses)`` (the 31 grid losses).
+    The 31 candidate losses ``loss_of_flat(flat − η·direction)`` (and, with ``loss0=None``, the
+    loss at η = 0) are evaluated ``chunk_size`` at a time: ``jax.lax.map`` over chunks of a
+    vmapped evaluation, so peak memory is that of ``chunk_size`` evaluations (``None``: all in
+    one vmapped pass).  Non-finite candidate losses count as +inf.  If no candidate lowers the
+    loss below ``loss0``, the step size is 0 (no step).  Returns ``(eta, losses)`` (the 31
+    grid losses).
     """
     etas = 2.0 ** jnp.asarray(LINE_SEARCH_GRID_EXPONENTS, flat.dtype)
+    points = etas if loss0 is not None else jnp.concatenate([jnp.zeros((1,), flat.dtype), etas])
+
+    def loss_at(eta):
+        return loss_of_flat(flat - eta * direction)
+
+    if chunk_size is None or chunk_size >= points.shape[0]:
+        all_losses = jax.vmap(loss_at)(points)
+    else:
+        all_losses = jax.lax.map(loss_at, points, batch_size=chunk_size)
     if loss0 is None:
-        with_zero = jnp.concatenate([jnp.zeros((1,), flat.dtype), etas])
-        all_losses = jax.vmap(lambda eta: loss_of_flat(flat - eta * direction))(with_zero)
         loss0, losses = all_losses[0], all_losses[1:]
     else:
-        losses = jax.vmap(lambda eta: loss_of_flat(flat - eta * direction))(etas)
+        losses = all_losses
     losses = jnp.where(jnp.isfinite(losses), losses, jnp.inf)
     i = jnp.argmin(losses)
     eta = jnp.where(losses[i] < loss0, etas[i], jnp.zeros((), flat.dtype))
@@ -52,14 +62,21 @@ class GridLineSearchState(NamedTuple):
     step_size: jax.Array  # η chosen at the last step (0: no step)
 
 
-def scale_by_grid_line_search(residual_fn=None) -> optax.GradientTransformationExtraArgs:
+#: candidates evaluated at once by the line search of the optimizers (see
+#: ``bench/line_search_speed.py``: peak memory of 1 and 32 candidates against the time)
+DEFAULT_CHUNK_SIZE = 1
+
+
+def scale_by_grid_line_search(residual_fn=None, chunk_size: int | None = DEFAULT_CHUNK_SIZE
+                              ) -> optax.GradientTransformationExtraArgs:
     """−η·d with η from the grid 2⁻³⁰…2⁰ minimising the loss on the current batch.
 
     The loss at the candidate parameters θ − η·d comes from ``residual_fn`` (½‖r‖², called as
     ``residual_fn(params, batch)`` with the ``batch`` extra argument) or, when the transform is
     built without one, from a ``value_fn(params) -> loss`` extra argument (as optax's own line
     searches take it).  The loss at η = 0 is evaluated in the same batched pass, so a
-    direction that lowers nothing gives no step.  Needs ``params``.
+    direction that lowers nothing gives no step.  Needs ``params``.  ``chunk_size``:
+    candidates evaluated at once (:func:`grid_line_search`).
     """
     op = None if residual_fn is None else as_operator(residual_fn)
 
@@ -82,7 +99,8 @@ def scale_by_grid_line_search(residual_fn=None) -> optax.GradientTransformationE
 
         flat, unravel = ravel_pytree(params)
         d, _ = ravel_pytree(updates)
-        eta, _ = grid_line_search(lambda w: value_fn(unravel(w)), flat, d)
+        eta, _ = grid_line_search(lambda w: value_fn(unravel(w)), flat, d,
+                                  chunk_size=chunk_size)
         return unravel(-eta * d), GridLineSearchState(eta)
 
     return optax.GradientTransformationExtraArgs(init, update)

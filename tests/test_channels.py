@@ -1,0 +1,80 @@
+"""The structured forward-Laplacian path (pinn_ng.channels) against folx and dense references,
+in float64 (issue 10).  Residuals and J of both paths against jax.jacfwd on every problem:
+tests/test_core.py::test_jacobian_matches_jacfwd_and_products."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from pinn_ng import channels, models, problems
+from pinn_ng.residuals import ResidualFn, scaled_residuals
+
+
+def rel(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def small_net(problem):
+    return models.mlp((problem.input_dim, 7, 6, 5, 1))
+
+
+@pytest.mark.parametrize("seed", [0])
+@pytest.mark.parametrize("name", problems.names())
+def test_jet_matches_hessian_reference(name, seed):
+    problem = problems.get(name)
+    init, apply = small_net(problem)
+    params = init(jax.random.PRNGKey(seed))
+    x = problem.sample(jax.random.PRNGKey(50 + seed), 6, 3).interior
+    jet = channels.jet(params, x, problem.lap_dims)
+    f = lambda y: apply(params, y)  # noqa: E731
+    value = jax.vmap(f)(x)
+    grad = jax.vmap(jax.grad(f))(x)
+    hess = jax.vmap(jax.hessian(f))(x)
+    lap = jnp.einsum("njj->n", hess[:, : problem.spatial_dim, : problem.spatial_dim])
+    # a handful of flops per entry, all O(1) values: agreement to a few ulps
+    np.testing.assert_allclose(jet.value, value, rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(jet.grad, grad, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(jet.laplacian, lap, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["poisson5d", "heat4d", "poisson100d"])
+def test_structured_jacobian_at_the_paper_width(name):
+    """The paper's nets (P = 10,065 / 116,865 / 1,325,057), a few points: rows equal folx's."""
+    problem = problems.get(name)
+    init, apply = models.mlp(problem.widths)
+    params = init(jax.random.PRNGKey(3))
+    batch = problem.sample(jax.random.PRNGKey(4), 4, 2)
+    r_s, j_s = ResidualFn(problem, apply).residual_and_jacobian(params, batch)
+    r_f, j_f = ResidualFn(problem, apply, method="folx").residual_and_jacobian(params, batch)
+    assert rel(r_s, r_f) <= 1e-12
+    assert rel(j_s, j_f) <= 1e-10
+
+
+def test_structured_products_and_row_blocks():
+    problem = problems.get("logfp9d")
+    init, apply = small_net(problem)
+    params = init(jax.random.PRNGKey(5))
+    batch = problem.sample(jax.random.PRNGKey(6), 11, 7)
+    rf = ResidualFn(problem, apply)
+    r, jac = rf.residual_and_jacobian(params, batch)
+    v = jax.random.normal(jax.random.PRNGKey(7), (jac.shape[1],))
+    u = jax.random.normal(jax.random.PRNGKey(8), (jac.shape[0],))
+    assert rel(rf.jvp(params, batch, v), jac @ v) <= 1e-12
+    assert rel(rf.vjp(params, batch, u), jac.T @ u) <= 1e-12
+    blocks = rf.row_blocks(params, batch, 5)
+    stacked = jnp.concatenate([blocks.rows(a) for a in range(blocks.n_blocks)])
+    assert rel(stacked[: batch.size], jac) <= 1e-14
+    assert float(jnp.max(jnp.abs(stacked[batch.size:]))) == 0.0
+
+
+def test_method_errors():
+    problem = problems.get("poisson2d")
+    with pytest.raises(ValueError, match="structured.*models.mlp"):
+        ResidualFn(problem, lambda p, x: jnp.sum(x), method="structured")
+    with pytest.raises(ValueError, match="unknown residual method"):
+        ResidualFn(problem, small_net(problem).apply, method="taylor")
+    # any other network takes the general per-point path
+    assert ResidualFn(problem, lambda p, x: jnp.sum(x)).method == "folx"

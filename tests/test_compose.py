@@ -74,7 +74,12 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
+#: every case jitted; two eagerly too (an eager step re-traces its loops: 10–20 s a case)
+EAGER_CASES = ("engd_woodbury-eta", "spring-eta-cap")
+
+
+@pytest.mark.parametrize("variant,case", [("jit", c) for c in CASES]
+                         + [("eager", c) for c in EAGER_CASES], indirect=["variant"])
 def test_chain_equals_fused_update(setup, variant, case):
     """Four steps (fresh batches) of the chained optimizer equal the pre-refactor fused code.
 

@@ -31,6 +31,20 @@ VARIANT_SEEDS = [pytest.param("jit", s, id=f"jit-{s}") for s in SEEDS] + [
     pytest.param("eager", SEEDS[0], id=f"eager-{SEEDS[0]}")]
 
 
+#: (kind, variant, seed): as VARIANT_SEEDS for the fast residual; the plain (jax.jacrev)
+#: residual jitted only, since an eager step re-traces its jacrev (15–30 s a case).
+KIND_VARIANT_SEEDS = [pytest.param("fast", "jit", s, id=f"fast-jit-{s}") for s in SEEDS] + [
+    pytest.param("fast", "eager", SEEDS[0], id=f"fast-eager-{SEEDS[0]}")] + [
+    pytest.param("plain", "jit", s, id=f"plain-jit-{s}") for s in SEEDS]
+
+
+def with_kind_variant_and_seed(test):
+    """Parametrize over KIND_VARIANT_SEEDS, all cases on one xdist worker."""
+    test = pytest.mark.xdist_group(name=test.__name__)(test)
+    return pytest.mark.parametrize("kind,variant,seed", KIND_VARIANT_SEEDS,
+                                   indirect=["variant"])(test)
+
+
 def with_variant_and_seed(test):
     """Parametrize over VARIANT_SEEDS; all of a test's cases on one xdist worker, where the
     jitted seeds after the first reuse its compilation."""
@@ -95,8 +109,7 @@ def cond_damped(jac, damping):
 
 
 @pytest.mark.parametrize("n_interior,n_boundary", [(80, 20), (20, 10)], ids=["N>P", "N<P"])
-@pytest.mark.parametrize("kind", ["fast", "plain"])
-@with_variant_and_seed
+@with_kind_variant_and_seed
 def test_engd_equals_engd_woodbury(tiny, n_interior, n_boundary, kind, variant, seed):
     problem, init, apply, fast, plain = tiny
     k_p, k_b = jax.random.split(jax.random.PRNGKey(seed))
@@ -186,8 +199,7 @@ def test_spring_without_momentum_is_engd_woodbury(tiny, learning_rate):
     assert rel_err(u_s, u_w) <= 1e-12
 
 
-@pytest.mark.parametrize("kind", ["fast", "plain"])
-@with_variant_and_seed
+@with_kind_variant_and_seed
 def test_spring_matches_algorithm_1(tiny, kind, variant, seed):
     """Several SPRING steps, fresh batch each, against a hand-written NumPy Algorithm 1."""
     problem, init, apply, fast, plain = tiny

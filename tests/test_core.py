@@ -139,9 +139,8 @@ def test_unknown_laplacian_method():
         operators.laplacian(jnp.sum, method="finite_differences")
 
 
-@pytest.mark.parametrize("method", ["structured", "folx"])
 @pytest.mark.parametrize("name", ALL)
-def test_jacobian_matches_jacfwd_and_products(name, method):
+def test_jacobian_matches_jacfwd_and_products(name):
     """Both residual paths (channels of the MLP, per-point folx) against jax.jacfwd of the
     plain batched residual: r to 1e-12, J and the products to 1e-10 (a few hundred flops per
     entry, O(1) values: well above eps·cond of these tiny well-scaled nets)."""
@@ -149,30 +148,29 @@ def test_jacobian_matches_jacfwd_and_products(name, method):
     params, apply = small_net(problem)
     k_b, k_v, k_u = jax.random.split(jax.random.PRNGKey(ALL.index(name)), 3)
     batch = problem.sample(k_b, 7, 5)
-    rf = ResidualFn(problem, apply, method=method)
-    assert rf.method == method
-
-    r = rf(params, batch)
     r_ref = scaled_residuals(problem, lambda x: apply(params, x), batch)
-    np.testing.assert_allclose(np.asarray(r), np.asarray(r_ref), rtol=1e-12, atol=1e-14)
-
     flat, unravel = ravel_pytree(params)
     j_ref = jax.jacfwd(lambda w: scaled_residuals(problem, lambda x: apply(unravel(w), x), batch))(flat)
-    j = rf.jacobian(params, batch)
-    assert j.shape == (12, flat.shape[0])
     scale = float(jnp.max(jnp.abs(j_ref)))
-    np.testing.assert_allclose(np.asarray(j), np.asarray(j_ref), rtol=1e-10, atol=1e-12 * scale)
-
-    r2, j2 = rf.residual_and_jacobian(params, batch)
-    np.testing.assert_allclose(np.asarray(r2), np.asarray(r), rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(np.asarray(j2), np.asarray(j), rtol=1e-12, atol=1e-14 * scale)
-
     v = jax.random.normal(k_v, flat.shape, dtype=jnp.float64)
     u = jax.random.normal(k_u, (12,), dtype=jnp.float64)
-    np.testing.assert_allclose(np.asarray(rf.jvp(params, batch, v)), np.asarray(j_ref @ v),
-                               rtol=1e-10, atol=1e-12 * scale)
-    np.testing.assert_allclose(np.asarray(rf.vjp(params, batch, u)), np.asarray(j_ref.T @ u),
-                               rtol=1e-10, atol=1e-12 * scale)
+    assert ResidualFn(problem, apply).method == "structured"  # the default for models.mlp
+    for method in ("structured", "folx"):
+        rf = ResidualFn(problem, apply, method=method)
+        r = rf(params, batch)
+        np.testing.assert_allclose(np.asarray(r), np.asarray(r_ref), rtol=1e-12, atol=1e-14)
+        j = rf.jacobian(params, batch)
+        assert j.shape == (12, flat.shape[0])
+        np.testing.assert_allclose(np.asarray(j), np.asarray(j_ref), rtol=1e-10,
+                                   atol=1e-12 * scale)
+        r2, j2 = rf.residual_and_jacobian(params, batch)
+        np.testing.assert_allclose(np.asarray(r2), np.asarray(r), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(np.asarray(j2), np.asarray(j), rtol=1e-12,
+                                   atol=1e-14 * scale)
+        np.testing.assert_allclose(np.asarray(rf.jvp(params, batch, v)), np.asarray(j_ref @ v),
+                                   rtol=1e-10, atol=1e-12 * scale)
+        np.testing.assert_allclose(np.asarray(rf.vjp(params, batch, u)),
+                                   np.asarray(j_ref.T @ u), rtol=1e-10, atol=1e-12 * scale)
 
 
 def test_point_jacobian_rows():

@@ -199,6 +199,7 @@ def hf_pinn(tiny):
     return params, batch, hf_reference(plain, params, batch, 1e-2, 1e-12)
 
 
+@pytest.mark.parametrize("variant", ["jit"], indirect=True)  # eager: the toy test above
 def test_hessian_free_pinn_step_matches_dense_reference(tiny, hf_pinn, variant):
     """The same one-step reference on the PINN (fast residual: matrix-free J·v, Jᵀ·u)."""
     fast = tiny[3]

@@ -97,10 +97,10 @@ def step_table(repeats):
     variants = {
         "ENGD-W η fixed, today": _engd_w(today, ETA, None),
         "ENGD-W line search, today (folx, 32 at once)": _engd_w(today, "line_search", None),
-        "ENGD-W η fixed, structured": _engd_w(new, ETA, None),
-        "ENGD-W line search, structured, 32 at once": _engd_w(new, "line_search", None),
-        "ENGD-W line search, structured, chunks of 8": _engd_w(new, "line_search", 8),
-        "ENGD-W line search, structured, one at a time": _engd_w(new, "line_search", 1),
+        "ENGD-W η fixed, new (default: mixed)": _engd_w(new, ETA, None),
+        "ENGD-W line search, new, 32 at once": _engd_w(new, "line_search", None),
+        "ENGD-W line search, new, chunks of 8": _engd_w(new, "line_search", 8),
+        "ENGD-W line search, new, one at a time": _engd_w(new, "line_search", 1),
     }
     calls, rows = [], []
     for label, opt in variants.items():
@@ -113,7 +113,7 @@ def step_table(repeats):
         row[1] = t.median
     _table("ENGD-W step, poisson5d, N = 3500, P = 10,065, λ = 3.17e-12", rows)
     t = {r[0]: r[1] for r in rows}
-    fixed = t["ENGD-W η fixed, structured"]
+    fixed = t["ENGD-W η fixed, new (default: mixed)"]
     for label in list(t)[3:]:
         print(f"- {label}: line search adds {100 * (t[label] / fixed - 1):.0f} % to the "
               "fixed-η step")
@@ -144,7 +144,7 @@ def rss_table():
         out = subprocess.run([sys.executable, here, "--rss-child", *args], check=True,
                              capture_output=True, text=True).stdout
         rss[label] = int(out.split()[-1]) / MiB
-    print("\nPeak RSS of 3 ENGD-W steps (structured, 5d, N = 3500), a fresh process each\n")
+    print("\nPeak RSS of 3 ENGD-W steps (default residual, 5d, N = 3500), a fresh process each\n")
     print("| run | peak RSS MiB | × η fixed |\n|---|---:|---:|")
     for label, mib in rss.items():
         print(f"| {label} | {mib:.0f} | {mib / rss['η fixed']:.2f} |")

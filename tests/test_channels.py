@@ -47,7 +47,7 @@ def test_structured_jacobian_at_the_paper_width(name):
     init, apply = models.mlp(problem.widths)
     params = init(jax.random.PRNGKey(3))
     batch = problem.sample(jax.random.PRNGKey(4), 4, 2)
-    r_s, j_s = ResidualFn(problem, apply).residual_and_jacobian(params, batch)
+    r_s, j_s = ResidualFn(problem, apply, method="structured").residual_and_jacobian(params, batch)
     r_f, j_f = ResidualFn(problem, apply, method="folx").residual_and_jacobian(params, batch)
     assert rel(r_s, r_f) <= 1e-12
     assert rel(j_s, j_f) <= 1e-10
@@ -58,7 +58,7 @@ def test_structured_products_and_row_blocks():
     init, apply = small_net(problem)
     params = init(jax.random.PRNGKey(5))
     batch = problem.sample(jax.random.PRNGKey(6), 11, 7)
-    rf = ResidualFn(problem, apply)
+    rf = ResidualFn(problem, apply, method="structured")
     r, jac = rf.residual_and_jacobian(params, batch)
     v = jax.random.normal(jax.random.PRNGKey(7), (jac.shape[1],))
     u = jax.random.normal(jax.random.PRNGKey(8), (jac.shape[0],))
@@ -72,6 +72,7 @@ def test_structured_products_and_row_blocks():
 
 def test_method_errors():
     problem = problems.get("poisson2d")
+    assert ResidualFn(problem, small_net(problem).apply).method == "mixed"
     with pytest.raises(ValueError, match="structured.*models.mlp"):
         ResidualFn(problem, lambda p, x: jnp.sum(x), method="structured")
     with pytest.raises(ValueError, match="unknown residual method"):

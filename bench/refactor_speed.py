@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     for proc in workers.values():
         proc.stdin.close()
         proc.wait()
-    print(f"| step (5d, N = 3500, P = 10,065, float64) | old s | new s | new / old |")
+    print("| step (5d, N = 3500, P = 10,065, float64) | old s | new s | new / old |")
     print("|---|---:|---:|---:|")
     for n in names:
         old, new = (statistics.median(times[label, n]) for label in ("old", "new"))

@@ -6,10 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.flatten_util import ravel_pytree
 
 from pinn_ng import channels, models, problems
-from pinn_ng.residuals import ResidualFn, scaled_residuals
+from pinn_ng.residuals import ResidualFn
 
 
 def rel(a, b):

@@ -62,7 +62,7 @@ def test_exact_solution_has_zero_residual(name):
     r = scaled_residuals(problem, problem.exact, batch)
     assert r.shape == (96,)
     assert r.dtype == jnp.float64
-    assert float(jnp.max(jnp.abs(r))) <= 1e-8, f"seed {seed}"
+    assert float(jnp.max(jnp.abs(r))) <= 1e-8, name
 
     def perturbed(x):
         return problem.exact(x) + 1e-3 * jnp.sin(1.0 + jnp.sum(x))

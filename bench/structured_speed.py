@@ -8,6 +8,11 @@ All timings of one table are taken round-robin in this one process (compiled fir
 run took before issue 10 (per-point folx J, all 32 line-search candidates in one vmapped pass).
 Peak memory: XLA's buffer assignment of each compiled function, and the peak RSS of a
 three-step training run in a fresh process for the line search against a fixed η.
+
+Run it twice to see the huge-page tunable (which ``pinn-ng run`` sets for itself)::
+
+    python bench/structured_speed.py
+    GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python bench/structured_speed.py
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import jax
 import optax
 
 import pinn_ng
-from pinn_ng import models, optim, problems
+from pinn_ng import hugepages, models, optim, problems
 from pinn_ng.optim.step_size import step_size_chain
 from pinn_ng.residuals import ResidualFn
 
@@ -78,6 +83,13 @@ def jacobian_table(name, n_i, n_b, repeats):
         compiled, _ = compile_jitted(fn, params, batch)
         calls.append(lambda c=compiled: c(params, batch))
         rows.append([label, None, peak_memory(compiled)[0] / MiB])
+    for label, method in (("r and K, from folx's J (today)", "folx"),
+                          ("r and K, structured sample space", "structured")):
+        rf = ResidualFn(problem, apply, method=method)
+        fn = jax.jit(lambda p, b, rf=rf: rf.sample_space(p, b)[:2])
+        compiled, _ = compile_jitted(fn, params, batch)
+        calls.append(lambda c=compiled: c(params, batch))
+        rows.append([label, None, peak_memory(compiled)[0] / MiB])
     for label, method in (("r, folx (today)", "folx"), ("r, structured", "structured")):
         rf = ResidualFn(problem, apply, method=method)
         compiled, _ = compile_jitted(jax.jit(lambda p, b, rf=rf: rf(p, b)), params, batch)
@@ -95,10 +107,9 @@ def step_table(repeats):
     today = ResidualFn(problem, apply, method="folx")
     new = ResidualFn(problem, apply)
     variants = {
-        "ENGD-W η fixed, today": _engd_w(today, ETA, None),
+        "ENGD-W η fixed, today (folx J)": _engd_w(today, ETA, None),
         "ENGD-W line search, today (folx, 32 at once)": _engd_w(today, "line_search", None),
-        "ENGD-W η fixed, new (default: mixed)": _engd_w(new, ETA, None),
-        "ENGD-W line search, new, 32 at once": _engd_w(new, "line_search", None),
+        f"ENGD-W η fixed, new (default: {new.method})": _engd_w(new, ETA, None),
         "ENGD-W line search, new, chunks of 8": _engd_w(new, "line_search", 8),
         "ENGD-W line search, new, one at a time": _engd_w(new, "line_search", 1),
     }
@@ -113,7 +124,7 @@ def step_table(repeats):
         row[1] = t.median
     _table("ENGD-W step, poisson5d, N = 3500, P = 10,065, λ = 3.17e-12", rows)
     t = {r[0]: r[1] for r in rows}
-    fixed = t["ENGD-W η fixed, new (default: mixed)"]
+    fixed = t[f"ENGD-W η fixed, new (default: {new.method})"]
     for label in list(t)[3:]:
         print(f"- {label}: line search adds {100 * (t[label] / fixed - 1):.0f} % to the "
               "fixed-η step")
@@ -157,7 +168,8 @@ def main(argv=None) -> int:
     pinn_ng.enable_x64()
     pinn_ng.limit_blas_threads(1)
     repeats = 3 if args.quick else 7
-    print(f"device: {jax.devices()[0].device_kind}, float64")
+    print(f"device: {jax.devices()[0].device_kind}, float64, glibc huge pages: "
+          f"{hugepages.active()} (pinn_ng/hugepages.py)")
     jacobian_table("poisson5d", 3000, 500, repeats)
     jacobian_table("poisson100d", 100, 50, repeats)
     step_table(repeats)

@@ -314,7 +314,7 @@ class ResidualFn:
     def __init__(self, problem: Problem, apply: Callable, method: str = "auto"):
         widths = channels.tanh_mlp_widths(apply)
         if method == "auto":
-            method = "mixed" if widths is not None else "folx"
+            method = "structured" if widths is not None else "folx"
         if method not in METHODS:
             raise ValueError(f"unknown residual method {method!r}; valid: {list(METHODS)}")
         if method in ("structured", "mixed") and widths is None:

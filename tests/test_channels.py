@@ -71,7 +71,7 @@ def test_structured_products_and_row_blocks():
 
 def test_method_errors():
     problem = problems.get("poisson2d")
-    assert ResidualFn(problem, small_net(problem).apply).method == "mixed"
+    assert ResidualFn(problem, small_net(problem).apply).method == "structured"
     with pytest.raises(ValueError, match="structured.*models.mlp"):
         ResidualFn(problem, lambda p, x: jnp.sum(x), method="structured")
     with pytest.raises(ValueError, match="unknown residual method"):

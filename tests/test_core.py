@@ -154,7 +154,7 @@ def test_jacobian_matches_jacfwd_and_products(name):
     scale = float(jnp.max(jnp.abs(j_ref)))
     v = jax.random.normal(k_v, flat.shape, dtype=jnp.float64)
     u = jax.random.normal(k_u, (12,), dtype=jnp.float64)
-    assert ResidualFn(problem, apply).method == "mixed"  # the default for models.mlp
+    assert ResidualFn(problem, apply).method == "structured"  # the default for models.mlp
     for method in ("structured", "mixed", "folx"):
         rf = ResidualFn(problem, apply, method=method)
         r = rf(params, batch)

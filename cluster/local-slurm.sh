@@ -112,6 +112,7 @@ AccountingStorageHost=localhost
 AccountingStorageTRES=gres/gpu
 AccountingStorageEnforce=associations
 JobCompType=jobcomp/none
+AccountingStoreFlags=job_comment
 ReturnToService=2
 # Time limits are checked every 30 s (slurmctld's default); a job over its limit is killed.
 KillWait=10

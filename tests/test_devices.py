@@ -125,6 +125,9 @@ def test_plan_gpu_hours_of_the_paper_preset(capsys):
 def test_plan_counts_step_only_runs_at_their_limit():
     cfg = pcfg.merge(pcfg.load_yaml(REPO / "config" / "default.yaml"),
                      pcfg.load_yaml(REPO / "config" / "smoke.yaml"))
+    for exp in cfg["experiments"].values():
+        if exp:
+            exp["budget"] = {"steps": 6, "seconds": None}
     plan = pcfg.plan(cfg, check_optimizers=False)
     est = pcfg.device_hours(plan)
     assert est.steps_only == len(plan.runs) and est.budget_hours == 0

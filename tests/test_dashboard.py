@@ -89,7 +89,7 @@ def chromium(url: str, tmp: Path, *, screenshot: Path | None = None) -> tuple[st
     profile = tmp / f"chromium-profile-{time.monotonic_ns()}"
     args = [CHROMIUM, *FLAGS, f"--user-data-dir={profile}"]
     args += [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
-    proc = subprocess.run([*args, url], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([*args, url], capture_output=True, text=True, timeout=120, cwd=tmp)
     console = [x for x in proc.stderr.splitlines() if ":CONSOLE" in x]
     return proc.stdout, console
 
@@ -206,15 +206,19 @@ def test_graph_page_has_a_point_per_commit(dashboard):
     revs = {index["revision_to_hash"][str(rev)] for rev, _ in points}
     assert revs == set(dashboard["commits"])
     assert all(len(v) == 2 and all(x > 0 for x in v) for _, v in points)  # both variants
-    # and the page drew them: the two series' colours (flot's first two) on the canvas
+    # and the page drew them: both series' colours (blue, red) inside the plot area, below
+    # the header and legend, right of the side bar (a blank plot has neither)
     shot = _shots(dashboard["tmp"]) / "asv_graph.png"
     _, console = chromium(url, dashboard["tmp"], screenshot=shot)
     assert js_errors(console) == []
+    import numpy as np
     from PIL import Image
 
     with Image.open(shot) as im:
-        rgb = im.convert("RGB")
-        colours = rgb.getcolors(maxcolors=1 << 20)
-    saturated = sum(n for n, (r, g, b) in colours if max(r, g, b) - min(r, g, b) > 80)
-    assert saturated > 500, saturated  # lines and point markers, not a blank frame
+        px = np.asarray(im.convert("RGB"), dtype=int)
+    h, w, _ = px.shape
+    r, g, b = np.moveaxis(px[int(0.15 * h):int(0.85 * h), int(0.2 * w):], -1, 0)
+    red = int(np.sum((r > 180) & (g < 110) & (b < 110)))
+    blue = int(np.sum((b > 150) & (r < 110) & (g < 170) & (b - r > 60)))
+    assert red > 200 and blue > 200, (red, blue)  # two lines ~1000 px long, their markers
     assert GRAPH in dom

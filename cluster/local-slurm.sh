@@ -117,6 +117,8 @@ ReturnToService=2
 # Time limits are checked every 30 s (slurmctld's default); a job over its limit is killed.
 KillWait=10
 MinJobAge=300
+# A job without --mem gets its share of the node per CPU, not the whole node.
+DefMemPerCPU=$((mem / cpus))
 NodeName=$host CPUs=$cpus RealMemory=$mem Gres=gpu:$GPUS State=UNKNOWN
 PartitionName=$PARTITION Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF

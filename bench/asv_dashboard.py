@@ -59,9 +59,12 @@ def npm_install(prefix: Path) -> Path:
     if shutil.which("npm") is None:
         raise SystemExit("asv_dashboard.py: error: npm is not installed (Debian: apt-get "
                          "install -y npm)")
-    subprocess.run(["npm", "install", "--prefix", str(prefix), "--no-save", "--no-audit",
-                    "--no-fund", "--no-package-lock", "--loglevel=error", *packages],
-                   check=True)
+    proc = subprocess.run(["npm", "install", "--prefix", str(prefix), "--no-save",
+                           "--no-audit", "--no-fund", "--no-package-lock", "--loglevel=error",
+                           *packages])
+    if proc.returncode != 0:
+        raise SystemExit(f"asv_dashboard.py: error: npm install {' '.join(packages)} failed "
+                         f"(exit {proc.returncode}; npm's messages above)")
     return prefix / "node_modules"
 
 

@@ -1,7 +1,7 @@
 """Issue 13, part 2: the asv dashboard, in a real browser (Debian's headless Chromium).
 
-Marked ``dashboard`` (not in the default ``pytest`` run: asv runs benchmarks, ~2-3 minutes
-on 2 cores).  ``.ci/run`` installs Chromium and runs
+Marked ``dashboard`` (not in the default ``pytest`` run: it needs Chromium and npm, and asv
+runs benchmarks: 32 s on 2 quiet cores).  ``.ci/run`` installs Chromium and runs
 
     PINN_NG_REQUIRE_CHROMIUM=1 pytest -p no:xdist -o addopts="" -m dashboard tests/test_dashboard.py
 

@@ -123,7 +123,9 @@ def dashboard(tmp_path_factory):
     conf = {**base, "repo": str(REPO), "branches": ["HEAD"], "benchmark_dir": str(REPO / "bench"),
             "env_dir": str(tmp / "env"), "results_dir": str(tmp / "results"),
             "html_dir": str(tmp / "html")}
-    confs = {head: tmp / "asv-head.json", parent: tmp / "asv-parent.json"}
+    # The parent first: `asv run` rewrites benchmarks.json (what the index lists) from the
+    # suite it discovers, so the last run must be HEAD's (a class new in HEAD is listed).
+    confs = {parent: tmp / "asv-parent.json", head: tmp / "asv-head.json"}
     confs[head].write_text(json.dumps(conf))
     confs[parent].write_text(json.dumps({**conf, "benchmark_dir": str(old / "bench")}))
     env = {**os.environ, "PINN_NG_BENCH_QUICK": "1",

@@ -36,9 +36,41 @@ FIG = PLAN.figures_dir
 RUNS = PLAN.runs
 DPI = PLAN.config.get("figure_dpi", 110)
 GPUS = int(PLAN.config.get("gpus_per_run", 0) or 0)
+DEVICE = PLAN.config.get("device", "any")
 NYSTROM_TABLE = shlex.join([sys.executable, os.path.join(workflow.basedir, "bench",
                                                          "nystrom_table.py")])
 
+
+
+def _resource_values(resources):
+    """Snakemake's resources as plain values (a value computed per job counts as set)."""
+    return {name: getattr(res, "raw", res) for name, res in dict(resources or {}).items()}
+
+
+onstart:
+    # Before the first job (never in a dry run): checks that would otherwise fail in every job.
+    executor = getattr(workflow.executor_plugin, "name", None)
+    problem = None
+    if executor == "slurm":  # the login node; jobs run under the plugin's "slurm-jobstep"
+        settings = workflow.resource_settings
+        problem = pcfg.slurm_settings_error(
+            _resource_values(settings._parsed_default_resources),
+            {rule: _resource_values(res)
+             for rule, res in dict(settings.overwrite_resources or {}).items()},
+            [r.name for r in workflow.rules if r.name not in ("all", "runs", "tables")],
+            no_account=bool(getattr(workflow.executor_settings, "no_account", False)))
+        problem = problem and f"pinn-ng slurm profile: error: {problem}"
+    elif DEVICE != "any" and executor in (None, "local"):  # jobs run here: check here
+        from pinn_ng.pipeline import devices
+        from pinn_ng.pipeline.errors import UserError
+
+        try:
+            devices.require(DEVICE)
+        except UserError as err:
+            problem = f"pinn-ng preset: error: {err}"
+    if problem:
+        print(problem, file=sys.stderr)
+        sys.exit(2)
 
 
 def total_cores():
@@ -100,7 +132,8 @@ rule run:
         gpu=GPUS,
         runtime=lambda wc: pcfg.budget_minutes(RUNS[wc.run_id]),
     shell:
-        "pinn-ng run --no-progress --spec {params.spec:q} --out {params.out:q} 2> {log:q}"
+        "pinn-ng run --no-progress --device {DEVICE} --spec {params.spec:q} --out {params.out:q} "
+        "2> {log:q}"
 
 
 rule manifest:
@@ -154,7 +187,7 @@ rule nystrom_table:
     resources:
         gpu=GPUS,
     shell:
-        NYSTROM_TABLE + " --spec {params.spec:q} --dtype {params.dtype} "
+        NYSTROM_TABLE + " --spec {params.spec:q} --dtype {params.dtype} --device {DEVICE} "
         "--out-csv {output.csv:q} --out-md {output.md:q} 2> {log:q}"
 
 

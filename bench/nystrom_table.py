@@ -210,12 +210,20 @@ def main(argv=None) -> int:
     ap.add_argument("--damping", type=float, default=1e-7, help="λ (paper: 1e-7)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    ap.add_argument("--device", choices=["any", "cpu", "gpu"], default="any",
+                    help="refuse to start unless JAX sees this device")
     ap.add_argument("--out-csv", required=True)
     ap.add_argument("--out-md")
     args = ap.parse_args(argv)
     from pinn_ng import limit_blas_threads
-    from pinn_ng.pipeline import records
+    from pinn_ng.pipeline import devices, records
+    from pinn_ng.pipeline.errors import UserError
 
+    try:
+        devices.require(args.device)
+    except UserError as err:
+        print(f"nystrom_table.py: error: {err}", file=sys.stderr)
+        return 2
     limit_blas_threads(1)  # OpenBLAS threads otherwise spin against XLA's
     spec = json.loads(args.spec) if args.spec else {}
     for key in ("problem", "n", "fractions", "damping", "repeats"):

@@ -108,7 +108,7 @@ def _raise_keyboard_interrupt(signum, frame):
 
 
 def _cmd_run(args) -> int:
-    from .pipeline import runner
+    from .pipeline import devices, runner
 
     spec = _load_spec(args.spec)
     flags = {"problem": args.problem, "optimizer": args.optimizer, "label": args.label,
@@ -129,6 +129,7 @@ def _cmd_run(args) -> int:
             hp[key] = value
         spec["hparams"] = hp
     runner.complete_spec(spec)  # every value checked before anything is compiled or written
+    devices.require(args.device)  # device=gpu on a machine without one: one line, no record
     # Snakemake (and SLURM) stop jobs with SIGTERM: turn it into KeyboardInterrupt so that
     # nothing half-written survives (records are only written after training anyway).
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -201,6 +202,7 @@ def _cmd_plan(args) -> int:
         budget = f"steps={spec['max_steps']} seconds={spec['max_seconds']}"
         print(f"{rid}  {budget}")
     print(f"{len(plan.runs)} runs; figures: {plan.figures}", file=sys.stderr)
+    print(pcfg.device_hours(plan).describe(), file=sys.stderr)
     return 0
 
 
@@ -243,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model-seed", type=int, help="initialisation seed (default 1)")
     sp.add_argument("--dtype", choices=["float64", "float32"], help="default float64")
     sp.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    sp.add_argument("--device", choices=["any", "cpu", "gpu"], default="any",
+                    help="refuse to start unless JAX sees this device (default: any)")
     sp.add_argument("--out", required=True, help="run record directory")
     sp.set_defaults(func=_cmd_run)
 

@@ -307,18 +307,23 @@ def _planned(name: str) -> bool:
 
 
 def _space(config: dict, label: str, problem: str | None = None) -> tuple:
-    """The dimensions of ``tuning.spaces.<label>`` (with ``per_problem`` on ``problem``)."""
+    """The dimensions of ``tuning.spaces.<label>``, those of ``per_problem.<problem>``
+    replacing (or adding to) them."""
     entry = ((config.get("tuning") or {}).get("spaces") or {}).get(label)
+    where = f"tuning.spaces.{label}"
     if entry is None:
-        raise _bad(f"tuning.spaces.{label}", "no search space for this optimizer label; "
-                   "give one under tuning.spaces")
-    space = dict(entry["space"])
-    space.update((entry.get("per_problem") or {}).get(problem) or {})
-    where = f"tuning.spaces.{label}" + (f" (on {problem})" if problem else "")
+        raise _bad(where, "no search space for this optimizer label; give one under "
+                   "tuning.spaces")
     try:
-        return tuning.parse_space(space, where)
+        dims = {d.name: d for d in tuning.parse_space(entry["space"], f"{where}.space")}
+        own = (entry.get("per_problem") or {}).get(problem)
+        if own:
+            dims.update((d.name, d) for d in tuning.parse_space(
+                own, f"{where}.per_problem.{problem}"))
     except tuning.TuningError as err:
-        raise _bad(where, str(err).split(": ", 1)[-1]) from None
+        key, _, msg = str(err).partition(": ")
+        raise _bad(key, msg) from None
+    return tuple(dims.values())
 
 
 def _check_spaces(config: dict) -> None:

@@ -66,8 +66,8 @@ def fig_sensitivity(best, res, plt):
 
     searches = best["searches"]
     ncols = max(len(s["space"]) for s in searches)
-    fig, axes = plt.subplots(len(searches), ncols, figsize=(4.2 * ncols, 3.4 * len(searches)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(searches), ncols, squeeze=False,
+                             figsize=(max(7.0, 4.6 * ncols), 3.4 * len(searches) + 0.6))
     for i, s in enumerate(searches):
         dims = tuning.parse_space(s["space"], "space")
         r = res[(res.problem == s["problem"]) & (res.label == s["label"]) & (res.N == s["N"])]
@@ -90,16 +90,15 @@ def fig_sensitivity(best, res, plt):
                 else:
                     norm = mcolors.Normalize(other.lo, other.hi)
                 clabel = other.name
-            else:
-                c = r.stage.to_numpy(float)
-                norm, clabel = mcolors.Normalize(1, 2), "stage"
             sc = None
-            for stage, marker in ((1, "o"), (2, "^")):
+            for stage, marker, color in ((1, "o", "tab:blue"), (2, "^", "tab:orange")):
                 m = ok & (r.stage.to_numpy() == stage)
-                if m.any():
-                    sc = ax.scatter(x[m], score[m], c=c[m], cmap="viridis", norm=norm,
-                                    marker=marker, s=28, edgecolors="0.2", linewidths=0.4,
-                                    label=f"stage {stage}", zorder=3)
+                if not m.any():
+                    continue
+                colour = {"c": c[m], "cmap": "viridis", "norm": norm} if other is not None \
+                    else {"color": color}  # one hyper-parameter: coloured by stage
+                sc = ax.scatter(x[m], score[m], marker=marker, s=28, edgecolors="0.2",
+                                linewidths=0.4, label=f"stage {stage}", zorder=3, **colour)
             if s["best"] is not None:
                 b = s["best"]["tuned"]
                 bx = _x(d, [b.get(d.name)])[0]
@@ -128,7 +127,7 @@ def fig_sensitivity(best, res, plt):
                 ax.set_xlim(d.lo - pad, d.hi + pad)
             for edge in ((d.lo, d.hi) if d.kind != "choice" else ()):
                 ax.axvline(edge, color="0.6", linestyle=":", linewidth=0.8)
-            if sc is not None:
+            if sc is not None and other is not None:
                 cb = fig.colorbar(sc, ax=ax, pad=0.02)
                 cb.set_label(clabel, fontsize=8)
                 cb.ax.tick_params(labelsize=7)
@@ -136,10 +135,10 @@ def fig_sensitivity(best, res, plt):
             ax.set_ylabel("final L2 error", fontsize=8)
             ax.set_title(f"{s['display']} on {s['problem']}, N = {s['N']:,}", fontsize=9)
             ax.tick_params(labelsize=7)
-            ax.legend(fontsize=6, loc="lower right")
+            ax.legend(fontsize=6, loc="best", framealpha=0.6)
     fig.suptitle(f"tuning study {best['study']}: final L2 after the budget against each tuned "
-                 "hyper-parameter\n(dotted: the search range; red × on the top edge: diverged "
-                 "or failed, scored +∞)", fontsize=10)
+                 "hyper-parameter\ndotted: the search range; red × on the top edge: diverged "
+                 "or failed (scored +∞)", fontsize=9)
     fig.tight_layout()
     return fig
 

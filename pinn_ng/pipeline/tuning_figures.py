@@ -145,7 +145,7 @@ def fig_sensitivity(best, res, plt):
 
 def fig_best_so_far(best, res, plt):
     problems = sorted({s["problem"] for s in best["searches"]})
-    fig, axes = plt.subplots(1, len(problems), figsize=(5.4 * len(problems), 3.8),
+    fig, axes = plt.subplots(1, len(problems), figsize=(max(7.0, 5.4 * len(problems)), 3.9),
                              squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, prob in zip(axes[0], problems):
@@ -166,8 +166,9 @@ def fig_best_so_far(best, res, plt):
         ax.set(yscale="log", xlabel="trials (stage 1, then stage 2 after the dotted line)",
                ylabel="best final L2 so far", title=prob)
         ax.legend(fontsize=7)
-    fig.suptitle(f"tuning study {best['study']}: best final L2 against the number of trials "
-                 "(dots: each trial)", fontsize=10)
+    fig.suptitle(f"tuning study {best['study']}: best final L2 against the number of trials\n"
+                 "(dots: each trial's own final L2; diverged or failed trials have none)",
+                 fontsize=9)
     fig.tight_layout()
     return fig
 

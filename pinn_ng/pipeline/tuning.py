@@ -540,8 +540,10 @@ def results_csv(results: list[dict]) -> str:
     names = []
     for r in results:
         names += [k for k in r["tuned"] if k not in names]
+    # hyper-parameters as in trials.csv (shortest round-trip repr, JSON for names and flags)
     flat = [{**{k: v for k, v in r.items() if k != "tuned"},
-             **{f"hp_{k}": r["tuned"].get(k) for k in names}} for r in results]
+             **{f"hp_{k}": _csv_value(r["tuned"][k]) if k in r["tuned"] else ""
+                for k in names}} for r in results]
     cols = (["study"] + TRIAL_COLUMNS + [f"hp_{k}" for k in names]
             + ["status", "final_l2", "final_loss", "score", "steps", "seconds", "reason"])
     df = pd.DataFrame(flat, columns=cols).sort_values(["problem", "label", "N", "stage",

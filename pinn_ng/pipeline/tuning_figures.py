@@ -130,6 +130,9 @@ def fig_sensitivity(best, res, plt):
             if sc is not None and other is not None:
                 cb = fig.colorbar(sc, ax=ax, pad=0.02)
                 cb.set_label(clabel, fontsize=8)
+                if other.kind == "choice":  # the choices themselves, not their positions
+                    cb.set_ticks(range(len(other.values)))
+                    cb.set_ticklabels([tuning._fmt_value(v) for v in other.values])
                 cb.ax.tick_params(labelsize=7)
             ax.set_xlabel(f"{d.name}  ({d.describe()})", fontsize=8)
             ax.set_ylabel("final L2 error", fontsize=8)

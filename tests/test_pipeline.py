@@ -172,13 +172,14 @@ def test_experiment_replicates_override_the_top_level():
     cfg = preset(REPO / "config" / "smoke.yaml",
                  {"experiments": {"convergence": {"replicates": 3}}})
     plan = pcfg.plan(cfg, check_optimizers=False)
-    conv = [plan.runs[r] for r in plan.experiments["convergence"]]
+    conv = [plan.spec(r) for r in plan.experiments["convergence"]]
     assert sorted(s["replicate"] for s in conv if s["label"] == "adam") == [0, 1, 2]
+    assert sorted(s["replicate"] for s in conv if s["label"] == "adam_tuned") == [0, 1, 2]
     assert sorted(s["data_seed"] for s in conv if s["label"] == "adam") == [0, 1, 2]
     scaling = [plan.runs[r] for r in plan.experiments["scaling"]]
     assert {s["replicate"] for s in scaling} == {0}  # the top-level value (1) elsewhere
     default = pcfg.plan(preset(), check_optimizers=False)
-    conv = [default.runs[r] for r in default.experiments["convergence"]]
+    conv = [default.spec(r) for r in default.experiments["convergence"]]
     assert {s["replicate"] for s in conv} == {0, 1, 2}
     with pytest.raises(pcfg.ConfigError, match="experiments.convergence.replicates"):
         pcfg.plan(preset({"experiments": {"convergence": {"replicates": 0}}}))
@@ -489,10 +490,16 @@ def test_killed_search_reruns_only_its_missing_trials(smoke):
     victims = plan.studies["tunesmoke"].trial_ids(2)[-2:]
     for t in victims:
         shutil_rmtree(tdir / "stage2" / "runs" / t)
+    # a search killed during stage 2 never got to select or draw: remove what follows it
+    for product in ("best.json", "best.md", "results.csv"):
+        (tdir / product).unlink()
+    for fig in plan.tuning_figures:
+        (work / "figures" / f"{fig}.png").unlink()
     kept = {p: p.stat().st_mtime_ns for p in tdir.glob("stage*/runs/*/meta.json")}
     proc = snakemake(work, "-n", *PRESETS["smoke"], "tune")
     dry = proc.stdout + proc.stderr
     assert re.search(r"^tune_trial\s+2\s*$", dry, re.M), dry
+    assert re.search(r"^tune_select\s+1\s*$", dry, re.M), dry
     assert not re.search(r"^tune_trials\s", dry, re.M), dry
     assert all(f"trial={t}" in dry for t in victims)
     snakemake(work, *PRESETS["smoke"], "tune")

@@ -255,6 +255,11 @@ class Plan:
         return {"experiments": self.experiments, "kinds": self.kinds,
                 "display": {s["label"]: s["display"] for s in specs}}
 
+    def spec(self, rid: str) -> dict:
+        """The specification of run ``rid``: an ordinary run, or a tuned final run (without
+        the tuned values, which come from ``best.json`` when it starts)."""
+        return self.runs[rid] if rid in self.runs else self.tuned[rid]["spec"]
+
     @property
     def tuning_figures(self) -> list[str]:
         """``<figure>_<study>`` for every study (tuning.FIGURES)."""
@@ -538,8 +543,7 @@ def plan(config: dict, schema_path=None, check_optimizers: bool = True) -> Plan:
     for name, kind in out.kinds.items():
         if out.experiments[name]:
             problems_by_kind.setdefault(kind, set()).update(
-                (out.runs.get(rid) or out.tuned[rid]["spec"])["problem"]
-                for rid in out.experiments[name])
+                out.spec(rid)["problem"] for rid in out.experiments[name])
     out.figures = families.figure_names(problems_by_kind)
     if check_optimizers:
         check_hyperparameters(out)

@@ -247,6 +247,31 @@ def test_shipped_spaces_are_the_papers_and_kfac_waits_for_its_optimizer():
     assert any("poisson5d 1158.89 h" in ln for ln in lines)  # (5·100 + 2·48) × 7000 s
 
 
+def test_a_space_may_wait_for_its_label_under_an_optimizer_name(monkeypatch):
+    """As KFAC's does: keyed by the optimizer's name, checked for its form while the optimizer
+    is planned, for its hyper-parameters' names once it exists."""
+    from pinn_ng import optim
+
+    space = {"tuning": {"spaces": {"kfac": {"space": {"ema": {"uniform": [0.5, 0.99]}}}}}}
+    pcfg.plan(preset(space), check_optimizers=False)  # planned: form only
+
+    def kfac(residual_fn, damping=1e-10, ema_factor=0.95):
+        raise AssertionError("not built while planning")
+
+    monkeypatch.setitem(optim._REGISTRY, "kfac", optim._Spec(kfac, False))
+    monkeypatch.delitem(optim._PLANNED, "kfac")
+    with pytest.raises(pcfg.ConfigError, match="tuning.spaces.kfac.space.ema: optimizer 'kfac' "
+                                               "has no hyper-parameter 'ema'; valid: damping, "
+                                               "ema_factor"):
+        pcfg.plan(preset(space), check_optimizers=False)
+
+    def kfac_named_as_the_space(residual_fn, damping=1e-10, momentum=0.0, ema=0.95):
+        raise AssertionError("not built while planning")
+
+    monkeypatch.setitem(optim._REGISTRY, "kfac", optim._Spec(kfac_named_as_the_space, False))
+    pcfg.plan(preset(), check_optimizers=False)  # the shipped KFAC space, names checked
+
+
 @pytest.mark.parametrize("override,expected", [
     ({"spaces": {"adam": {"space": {"learning_rate": {"loguniform": [0.5, 1e-4]}}}}},
      "config key tuning.spaces.adam.space.learning_rate.loguniform: lo must be below hi"),

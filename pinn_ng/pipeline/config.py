@@ -332,23 +332,28 @@ def _space(config: dict, label: str, problem: str | None = None) -> tuple:
 
 
 def _check_spaces(config: dict) -> None:
-    """Every space: a defined optimizer label (or a planned optimizer's name, e.g. ``kfac``:
-    checked for its form only until the optimizer exists), ranges lo < hi (lo > 0 on a log
-    scale), and hyper-parameters the optimizer has."""
+    """Every space: keyed by an optimizer label under ``optimizers`` or by an optimizer's
+    name (``kfac``: a space waiting for its label), ranges lo < hi (lo > 0 on a log scale),
+    and hyper-parameters the optimizer has.  A planned optimizer (in the registry's list of
+    planned names, not implemented yet) has no hyper-parameters to check: its space is checked
+    for its form only until it exists."""
     from .. import optim
 
     spaces = (config.get("tuning") or {}).get("spaces") or {}
     optimizers = config["optimizers"]
     for label, entry in spaces.items():
-        if label not in optimizers and not _planned(label):
+        if label in optimizers:
+            name = optimizers[label]["optimizer"]
+        elif label in optim.names() or _planned(label):
+            name = label
+        else:
             raise _bad(f"tuning.spaces.{label}",
                        f"{label!r} is not a defined optimizer label; defined under "
                        f"`optimizers`: {sorted(optimizers)}")
         for problem in [None, *sorted((entry.get("per_problem") or {}))]:
             dims = _space(config, label, problem)
-            if label not in optimizers:  # a planned optimizer: no hyper-parameters to check
+            if _planned(name):
                 continue
-            name = optimizers[label]["optimizer"]
             valid = optim.hyperparameters(name)
             for d in dims:
                 if d.name not in valid:

@@ -206,8 +206,10 @@ def _cmd_plan(args) -> int:
                                     if rid in plan.tuned else ""))
     for line in pcfg.tuning_estimate(plan):
         print(line, file=sys.stderr)
-    print(f"{len(plan.runs) + len(plan.tuned)} runs ({len(plan.tuned)} of tuned "
-          f"configurations); figures: {plan.figures + plan.tuning_figures}", file=sys.stderr)
+    if plan.tuned:
+        print(f"{len(plan.tuned)} of the runs rerun tuned configurations", file=sys.stderr)
+    print(f"{len(plan.runs) + len(plan.tuned)} runs; figures: "
+          f"{plan.figures + plan.tuning_figures}", file=sys.stderr)
     return 0
 
 

@@ -496,13 +496,13 @@ def test_killed_search_reruns_only_its_missing_trials(smoke):
     for fig in plan.tuning_figures:
         (work / "figures" / f"{fig}.png").unlink()
     kept = {p: p.stat().st_mtime_ns for p in tdir.glob("stage*/runs/*/meta.json")}
-    proc = snakemake(work, "-n", *PRESETS["smoke"], "tune")
+    proc = snakemake(work, "tune", "-n", *PRESETS["smoke"])  # a target before --configfile
     dry = proc.stdout + proc.stderr
     assert re.search(r"^tune_trial\s+2\s*$", dry, re.M), dry
     assert re.search(r"^tune_select\s+1\s*$", dry, re.M), dry
     assert not re.search(r"^tune_trials\s", dry, re.M), dry
     assert all(f"trial={t}" in dry for t in victims)
-    snakemake(work, *PRESETS["smoke"], "tune")
+    snakemake(work, "tune", *PRESETS["smoke"])
     assert (tdir / "best.json").read_text() == before
     assert {p: p.stat().st_mtime_ns for p in tables} == tables
     assert {p: p.stat().st_mtime_ns for p in kept} == kept

@@ -29,6 +29,8 @@ from typing import Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
+from .gram import kernel_lower_from_jacobian
+
 
 class Jet(NamedTuple):
     """Derivatives of the network at N points."""
@@ -91,17 +93,68 @@ def forward(params, x, lap_dims: Sequence[int] | None, perturb=None):
 
 
 def jet(params, x, lap_dims: Sequence[int]) -> Jet:
-    """(u, ∇u, Δu) of the MLP at the points ``x`` (N, D), the Laplacian over ``lap_dims``."""
-    out, _ = forward(params, x, lap_dims)
-    return Jet(out[:, 0], out[:, 1:-1], out[:, -1])
+    """(u, ∇u, Δu) of the MLP at the points ``x`` (N, D), the Laplacian over ``lap_dims``.
+
+    The same channels as :func:`forward`, kept as three arrays (value (N, w), first
+    derivatives (N, D, w), Laplacian (N, w)) so that no layer concatenates them, and the first
+    layer in closed form: its input's derivative channels are the unit vectors and its
+    Laplacian is zero, so ∂_j z = W[j] for every point and Δz = 0.  The residual (and so each
+    line-search candidate) runs through this.
+    """
+    d = x.shape[1]
+    mask = jnp.zeros((d,), x.dtype).at[jnp.asarray(list(lap_dims), dtype=jnp.int32)].set(1.0)
+    (w, b), rest = params[0], params[1:]
+    z = x @ w + b
+    if not rest:
+        return Jet(z[:, 0], jnp.broadcast_to(w[:, 0], x.shape), jnp.zeros_like(z[:, 0]))
+    a = jnp.tanh(z)
+    s1 = 1.0 - a * a
+    grad = s1[:, None, :] * w[None]
+    lap = (-2.0 * a * s1) * (mask @ (w * w))
+    for layer, (w, b) in enumerate(rest):
+        zv = a @ w + b
+        zg = jnp.einsum("ndi,io->ndo", grad, w)
+        zl = lap @ w
+        if layer == len(rest) - 1:
+            return Jet(zv[:, 0], zg[:, :, 0], zl[:, 0])
+        a = jnp.tanh(zv)
+        s1 = 1.0 - a * a
+        grad = s1[:, None, :] * zg
+        lap = s1 * zl + (-2.0 * a * s1) * jnp.einsum("j,njo->no", mask, zg * zg)
 
 
-def residual_and_jacobian(params, x, lap_dims, residual_of_jet: Callable, scale):
-    """(r, J) for per-point residuals r_n = scale · residual_of_jet(jet_n, x_n).
+class Linearization(NamedTuple):
+    """The residuals of N points and the channels that give their J, layer by layer.
+
+    ``inputs[l]`` (N, S, fan_in + 1): the channels z̃ entering layer l, with the bias entry
+    appended (1 on the value channel, 0 on the others); ``grads[l]`` (N, S, fan_out): the
+    gradients g of each point's residual with respect to layer l's output channels.  Row n of
+    layer l's block of J is Σ_s z̃_{n,s} ⊗ g_{n,s}, flattened row-major: the weights (fan_in
+    rows) then the bias, as ``ravel_pytree`` orders ``(W, b)``.
+    """
+
+    r: jax.Array
+    inputs: tuple
+    grads: tuple
+
+    def rows(self, start: int, stop: int) -> "Linearization":
+        """The points ``start:stop``."""
+        return Linearization(self.r[start:stop], tuple(h[start:stop] for h in self.inputs),
+                             tuple(g[start:stop] for g in self.grads))
+
+    def value_channel(self) -> "Linearization":
+        """Only the value channel (S = 1): exact for residuals of the network's value alone
+        (boundary points), whose gradients on the derivative channels are zero."""
+        return Linearization(self.r, tuple(h[:, :1] for h in self.inputs),
+                             tuple(g[:, :1] for g in self.grads))
+
+
+def linearize(params, x, lap_dims, residual_of_jet: Callable, scale) -> Linearization:
+    """Residuals r_n = scale · residual_of_jet(jet_n, x_n) and their channels, in one forward
+    and one reverse pass of the batch.
 
     ``lap_dims=None`` builds only the value channel and calls ``residual_of_jet(value, x)``
-    (a boundary residual).  J rows follow ``ravel_pytree(params)`` ([W_1, b_1, W_2, …], each W
-    row-major): the layer blocks Σ_s H ⊗ G are written into one (N, P) array.
+    (a boundary residual).
     """
     with_derivatives = lap_dims is not None
     n = x.shape[0]
@@ -118,8 +171,157 @@ def residual_and_jacobian(params, x, lap_dims, residual_of_jet: Callable, scale)
     zeros = [jnp.zeros((n, s, w.shape[1]), x.dtype) for w, _ in params]
     r, pullback, inputs = jax.vjp(residuals, zeros, has_aux=True)
     (grads,) = pullback(jnp.ones_like(r))  # r_n depends on point n only: G_l[n] = ∂r_n/∂Z_l[n]
-    blocks = []
-    for h, g in zip(inputs, grads):
-        blocks.append(jnp.einsum("nsi,nso->nio", h, g).reshape(n, -1))
-        blocks.append(g[:, 0, :])
-    return r, jnp.concatenate(blocks, axis=1)
+    bias = jnp.zeros((n, s, 1), x.dtype).at[:, 0, 0].set(1.0)
+    inputs = tuple(jnp.concatenate([h, bias], axis=2) for h in inputs)
+    return Linearization(r, inputs, tuple(grads))
+
+
+#: Up to this many channels a layer's block of J is summed channel by channel in one fused
+#: elementwise loop (measured fastest at S = 7); with more channels, as a batched matmul.
+UNROLL_CHANNELS = 16
+
+
+def layer_jacobian(h, g):
+    """Σ_s h[:, s] ⊗ g[:, s], flattened: the (N, (fan_in + 1)·fan_out) block of one layer."""
+    n, s, _ = h.shape
+    if s <= UNROLL_CHANNELS:
+        acc = h[:, 0, :, None] * g[:, 0, None, :]
+        for k in range(1, s):
+            acc = acc + h[:, k, :, None] * g[:, k, None, :]
+    else:
+        acc = jnp.einsum("nsi,nso->nio", h, g)
+    return acc.reshape(n, -1)
+
+
+def layer_blocks(lin: Linearization) -> list:
+    """J's column blocks, one per layer: J = concatenate(layer_blocks(lin), axis=1)."""
+    return [layer_jacobian(h, g) for h, g in zip(lin.inputs, lin.grads)]
+
+
+def jacobian(lin: Linearization):
+    """J (N, P) in ``ravel_pytree(params)`` order."""
+    return jnp.concatenate(layer_blocks(lin), axis=1)
+
+
+def layer_offsets(lin: Linearization) -> list[tuple[int, int]]:
+    """The column range of each layer's block in J."""
+    bounds, start = [], 0
+    for h, g in zip(lin.inputs, lin.grads):
+        stop = start + h.shape[2] * g.shape[2]
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+def _channel_flops(a: Linearization, b: Linearization, layer: int) -> tuple[int, int]:
+    """Multiply-adds of one layer's J_a J_bᵀ: (from the channels, from the rows of J)."""
+    (na, sa, fin), fout = a.inputs[layer].shape, a.grads[layer].shape[2]
+    nb, sb = b.inputs[layer].shape[:2]
+    return na * nb * sa * sb * (fin + fout), na * nb * fin * fout
+
+
+def _layer_rows(lin: Linearization, rows, layer: int, bounds):
+    if rows is None:
+        return layer_jacobian(lin.inputs[layer], lin.grads[layer])
+    if hasattr(rows, "shape"):  # J itself: its columns of this layer
+        return rows[:, bounds[0]:bounds[1]]
+    return rows[layer]  # a list of layer blocks
+
+
+def kernel_block(a: Linearization, b: Linearization, rows_a=None, rows_b=None,
+                 prefer: str = "cheaper"):
+    """J_a J_bᵀ (N_a, N_b), summed over layers, each layer the cheaper of two ways:
+
+    - from the channels: Σ_{s,t} (z̃_{a,s}·z̃_{b,t}) (g_{a,s}·g_{b,t}), i.e. two matmuls of
+      inner size fan_in + 1 and fan_out per channel pair: S_a·S_b·(fan_in + 1 + fan_out)
+      multiply-adds per entry;
+    - from the rows of J: (fan_in + 1)·fan_out.  ``rows_a``/``rows_b``: J of those points or
+      its list of layer blocks, if at hand (else the layer's rows are built).
+
+    With S = 1 on one side (boundary points) the channels win for every wide layer.
+    ``prefer="channels"`` or ``"rows"`` forces one way for every layer (tests, benchmarks).
+    """
+    if prefer not in ("cheaper", "channels", "rows"):
+        raise ValueError(f"prefer must be 'cheaper', 'channels' or 'rows', got {prefer!r}")
+    total = None
+    for layer, bounds in enumerate(layer_offsets(a)):
+        by_channels, by_rows = _channel_flops(a, b, layer)
+        if prefer == "channels" or (prefer == "cheaper" and by_channels < by_rows):
+            hh = jnp.einsum("asi,bti->asbt", a.inputs[layer], b.inputs[layer])
+            gg = jnp.einsum("aso,bto->asbt", a.grads[layer], b.grads[layer])
+            part = jnp.einsum("asbt,asbt->ab", hh, gg)
+        else:
+            part = (_layer_rows(a, rows_a, layer, bounds)
+                    @ _layer_rows(b, rows_b, layer, bounds).T)
+        total = part if total is None else total + part
+    return total
+
+
+class KernelProducts(NamedTuple):
+    """The lower triangle of K = J Jᵀ (strictly upper part zero) and v ↦ J v, u ↦ Jᵀ u."""
+
+    kernel: jax.Array
+    jv: Callable
+    jtu: Callable
+
+
+def kernel_products(lin: Linearization, n_full: int, n_blocks: int | None = None):
+    """:class:`KernelProducts` for points whose first ``n_full`` residuals use every channel
+    and whose others use the value channel only (interior, then boundary points), without
+    assembling J.
+
+    The rows of the first points are built as J's layer blocks (never concatenated): K's block
+    of them from row-block products, their products J v and Jᵀ u from the blocks.  The
+    value-only points stay channels: their rows of K from :func:`kernel_block`, their products
+    from :func:`jvp_product` / :func:`transpose_product` with S = 1.
+    """
+    n = lin.r.shape[0]
+    full = lin.rows(0, n_full)
+    blocks = layer_blocks(full)
+    offsets = layer_offsets(lin)
+    k_ff = kernel_lower_from_jacobian(blocks, n_blocks, mirror=False)
+
+    def jv_full(v):
+        return sum(j @ v[c0:c1] for j, (c0, c1) in zip(blocks, offsets))
+
+    def jtu_full(u):
+        return jnp.concatenate([j.T @ u for j in blocks])
+
+    if n_full == n:
+        return KernelProducts(k_ff, jv_full, jtu_full)
+    value = lin.rows(n_full, n).value_channel()
+    k_vf = kernel_block(value, full, None, blocks)
+    k_vv = kernel_block(value, value)
+    zeros = jnp.zeros((n_full, n - n_full), k_ff.dtype)
+    kernel = jnp.block([[k_ff, zeros], [k_vf, k_vv]])
+    return KernelProducts(
+        kernel,
+        lambda v: jnp.concatenate([jv_full(v), jvp_product(value, v)]),
+        lambda u: jtu_full(u[:n_full]) + transpose_product(value, u[n_full:]))
+
+
+def jvp_product(lin: Linearization, v):
+    """J v (N,) for a flat ``v`` (P,): per layer Σ_s (z̃_{n,s} V_l) · g_{n,s}."""
+    out = 0.0
+    for (c0, c1), h, g in zip(layer_offsets(lin), lin.inputs, lin.grads):
+        t = jnp.einsum("nsi,io->nso", h, v[c0:c1].reshape(h.shape[2], g.shape[2]))
+        out = out + jnp.sum(t * g, axis=(1, 2))
+    return out
+
+
+def transpose_product(lin: Linearization, u):
+    """Jᵀ u (P,) from the channels: per layer Σ_n u_n Σ_s z̃_{n,s} ⊗ g_{n,s}, one matmul."""
+    return jnp.concatenate([
+        jnp.einsum("nsi,nso->io", h * u[:, None, None], g).reshape(-1)
+        for h, g in zip(lin.inputs, lin.grads)])
+
+
+def residual_and_jacobian(params, x, lap_dims, residual_of_jet: Callable, scale):
+    """(r, J) for per-point residuals r_n = scale · residual_of_jet(jet_n, x_n).
+
+    ``lap_dims=None`` builds only the value channel and calls ``residual_of_jet(value, x)``
+    (a boundary residual).  J rows follow ``ravel_pytree(params)`` ([W_1, b_1, W_2, …], each W
+    row-major).
+    """
+    lin = linearize(params, x, lap_dims, residual_of_jet, scale)
+    return lin.r, jacobian(lin)

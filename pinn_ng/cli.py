@@ -466,6 +466,10 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # a usage error (one line, see _Parser) or --help
         return exit_.code if isinstance(exit_.code, int) else 2
+    if argv is None and args.command == "run":  # a real process, not a test calling main()
+        from .hugepages import reexec_with_huge_pages
+
+        reexec_with_huge_pages([sys.executable, "-m", "pinn_ng.cli", *sys.argv[1:]])
     from .blas import limit_blas_threads
 
     limit_blas_threads(1)  # OpenBLAS threads otherwise spin against XLA's (pinn_ng/blas.py)

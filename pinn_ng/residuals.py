@@ -32,6 +32,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from . import channels, operators
+from .gram import kernel_lower_from_jacobian
 from .problems import Batch, Problem
 
 
@@ -164,6 +165,29 @@ def as_operator(residual_fn) -> ResidualOperator:
     return DenseResidual(residual_fn)
 
 
+class SampleSpace(NamedTuple):
+    """What a sample-space step with a dense kernel needs (see ``ResidualFn.sample_space``)."""
+
+    r: jax.Array  # (N,)
+    kernel: jax.Array  # (N, N): the lower triangle of J Jᵀ; the strictly upper part is zero
+    jv: Callable  # v (P,) -> J v (N,)
+    jtu: Callable  # u (N,) -> Jᵀ u (P,)
+
+
+def sample_space_of_jacobian(r, jac) -> SampleSpace:
+    """:class:`SampleSpace` from a dense J (K from its lower row blocks)."""
+    return SampleSpace(r, kernel_lower_from_jacobian(jac, mirror=False), lambda v: jac @ v,
+                       lambda u: jac.T @ u)
+
+
+def sample_space(op, params, batch) -> SampleSpace:
+    """``op.sample_space(params, batch)`` if ``op`` has one, else from its (r, J)."""
+    method = getattr(op, "sample_space", None)
+    if callable(method):
+        return method(params, batch)
+    return sample_space_of_jacobian(*op.residual_and_jacobian(params, batch))
+
+
 def has_row_blocks(op) -> bool:
     """Whether ``op`` can build J block by block (``kernel="blocked"``)."""
     return callable(getattr(op, "row_blocks", None))
@@ -245,7 +269,7 @@ def _structured(problem: Problem):
                                                   scale)
         return channels.residual_and_jacobian(params, points, None, boundary_of_value, scale)
 
-    def residual_and_jacobian(params, batch):
+    def linearize_all(params, batch):
         # one pass over all N points (boundary points carry unused derivative channels):
         # J is assembled once, with no copy to stack interior and boundary rows
         n_i, n_b = batch.interior.shape[0], batch.boundary.shape[0]
@@ -258,9 +282,17 @@ def _structured(problem: Problem):
             return jnp.where(is_interior, interior_of_jet(jet, x),
                              boundary_of_value(jet.value, x))
 
-        return channels.residual_and_jacobian(params, x, lap_dims, residual_of_jet, scale)
+        return channels.linearize(params, x, lap_dims, residual_of_jet, scale), n_i
 
-    return residual, rows, residual_and_jacobian
+    def residual_and_jacobian(params, batch):
+        lin, _ = linearize_all(params, batch)
+        return lin.r, channels.jacobian(lin)
+
+    def sample_space(params, batch):
+        lin, n_i = linearize_all(params, batch)
+        return SampleSpace(lin.r, *channels.kernel_products(lin, n_i))
+
+    return residual, rows, residual_and_jacobian, sample_space
 
 
 class ResidualFn:
@@ -292,8 +324,9 @@ class ResidualFn:
         self.apply = apply
         self.method = method
 
+        sample_space = None
         if method == "structured":
-            residual, rows, residual_and_jacobian = _structured(problem)
+            residual, rows, residual_and_jacobian, sample_space = _structured(problem)
         else:
             residual, rows = _per_point(problem, apply, "folx" if method == "mixed" else method)
             if method == "mixed":  # residuals (and J·v, Jᵀ·u) from the channels, J per point
@@ -305,8 +338,17 @@ class ResidualFn:
                 r_b, j_b = rows(params, batch.boundary, "boundary", s_b)
                 return jnp.concatenate([r_i, r_b]), jnp.concatenate([j_i, j_b], axis=0)
 
+        if sample_space is None:  # from J: r, J and K in one compiled function
+            jacobian_kernel = jax.jit(lambda p, b: (lambda r, j: (
+                r, j, kernel_lower_from_jacobian(j, mirror=False)))(*residual_and_jacobian(p, b)))
+
+            def sample_space(params, batch):
+                r, jac, kernel = jacobian_kernel(params, batch)
+                return SampleSpace(r, kernel, lambda v: jac @ v, lambda u: jac.T @ u)
+
         jvp, vjp, linearize = _products(residual)
         self._residual = jax.jit(residual)
+        self._sample_space = sample_space
         self._residual_and_jacobian = jax.jit(residual_and_jacobian)
         self._jvp = jax.jit(jvp)
         self._vjp = jax.jit(vjp)
@@ -335,6 +377,19 @@ class ResidualFn:
         """(r, J) in one pass (the per-point forward passes are shared)."""
         self._check(params, batch)
         return self._residual_and_jacobian(params, batch)
+
+    def sample_space(self, params, batch: Batch) -> "SampleSpace":
+        """r, the lower triangle of K = J Jᵀ and the products v ↦ J v, u ↦ Jᵀ u: what a
+        sample-space (Woodbury) step with a Cholesky solve needs, not J itself.
+
+        For ``"structured"`` none of it assembles J: K's interior block comes from row-block
+        products of J's layer blocks, its boundary rows from their single (value) channel
+        (:func:`pinn_ng.channels.kernel_block`: a fraction of the rows' products for wide
+        layers), and both products from the channels.  Otherwise all of it comes from J.
+        Not jitted by itself (the products are closures): call it inside a jitted step.
+        """
+        self.problem.check_batch(batch)
+        return self._sample_space(params, batch)
 
     def jvp(self, params, batch: Batch, v):
         """J v for a flat tangent ``v`` of shape (P,)."""

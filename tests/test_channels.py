@@ -78,3 +78,52 @@ def test_method_errors():
         ResidualFn(problem, small_net(problem).apply, method="taylor")
     # any other network takes the general per-point path
     assert ResidualFn(problem, lambda p, x: jnp.sum(x)).method == "folx"
+
+
+@pytest.mark.parametrize("name", problems.names())
+def test_sample_space_matches_dense_reference(name):
+    """K (lower triangle), J v and Jᵀ u of the structured sample space, which never assembles
+    J, against folx's J on fresh random inputs."""
+    problem = problems.get(name)
+    init, apply = small_net(problem)
+    params = init(jax.random.PRNGKey(11))
+    batch = problem.sample(jax.random.PRNGKey(12), 9, 5)
+    step = jax.jit(lambda p, b, v, u: (lambda s: (s.r, s.kernel, s.jv(v), s.jtu(u)))(
+        ResidualFn(problem, apply, method="structured").sample_space(p, b)))
+    r_f, j_f = ResidualFn(problem, apply, method="folx").residual_and_jacobian(params, batch)
+    rng = np.random.default_rng(13)
+    v, u = rng.standard_normal(j_f.shape[1]), rng.standard_normal(j_f.shape[0])
+    r, k, jv, jtu = step(params, batch, v, u)
+    j_f = np.asarray(j_f)
+    assert rel(r, r_f) <= 1e-12
+    assert rel(np.tril(k), np.tril(j_f @ j_f.T)) <= 1e-12
+    n_i = batch.interior.shape[0]
+    assert float(np.max(np.abs(np.asarray(k)[:n_i, n_i:]))) == 0.0  # never computed
+    assert rel(jv, j_f @ v) <= 1e-12
+    assert rel(jtu, j_f.T @ u) <= 1e-12
+
+
+def test_kernel_block_channels_equal_rows():
+    """Both ways of a layer's J_a J_bᵀ (channel pairs, rows of J), forced for every layer."""
+    problem = problems.get("heat4d")
+    init, _ = small_net(problem)
+    params = init(jax.random.PRNGKey(14))
+    x = problem.sample(jax.random.PRNGKey(15), 8, 6)
+
+    def lin(points, lap_dims):
+        if lap_dims is None:
+            def of_jet(value, y):
+                return value ** 2
+        else:
+            def of_jet(jet, y):
+                return jet.laplacian * jet.value - jnp.sin(jet.grad[:, -1])
+        return channels.linearize(params, points, lap_dims, of_jet, 0.7)
+
+    a, b = lin(x.interior, problem.lap_dims), lin(x.boundary, None)
+    ja, jb = channels.jacobian(a), channels.jacobian(b)
+    for left, right, jl, jr in ((a, a, ja, ja), (b, a, jb, ja), (b, b, jb, jb)):
+        ref = np.asarray(jl) @ np.asarray(jr).T
+        for prefer in ("channels", "rows", "cheaper"):
+            assert rel(channels.kernel_block(left, right, prefer=prefer), ref) <= 1e-13
+    with pytest.raises(ValueError, match="prefer"):
+        channels.kernel_block(a, a, prefer="fast")

@@ -14,51 +14,16 @@
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from ..gram import default_n_blocks, kernel_lower_from_jacobian
 from ..residuals import RowBlocks
 
 KERNELS = ("dense", "blocked")
 
-
-def _bounds(n: int, n_blocks: int):
-    edges = np.linspace(0, n, n_blocks + 1).round().astype(int)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
-
-
-def default_n_blocks(n: int) -> int:
-    """Row blocks for the symmetric kernel product: blocks of about 512 rows, at most 8."""
-    return int(min(8, max(1, math.ceil(n / 512))))
-
-
-def kernel_lower_from_jacobian(jac, n_blocks: int | None = None, mirror: bool = True):
-    """K = J Jᵀ from the lower block triangle of row-block products.
-
-    With ``mirror=False`` the strictly-upper blocks are left at zero: enough for a Cholesky
-    factorisation that reads only the lower triangle, and saves the O(N²) copy.
-    """
-    n = jac.shape[0]
-    bounds = _bounds(n, n_blocks or default_n_blocks(n))
-    blocks = {}
-    for a, (a0, a1) in enumerate(bounds):
-        for c, (c0, c1) in enumerate(bounds[: a + 1]):
-            blocks[a, c] = jac[a0:a1] @ jac[c0:c1].T
-    rows = []
-    for a, (a0, a1) in enumerate(bounds):
-        row = []
-        for c, (c0, c1) in enumerate(bounds):
-            if c <= a:
-                row.append(blocks[a, c])
-            elif mirror:
-                row.append(blocks[c, a].T)
-            else:
-                row.append(jnp.zeros((a1 - a0, c1 - c0), jac.dtype))
-        rows.append(row)
-    return jnp.block(rows)
+__all__ = ["KERNELS", "default_n_blocks", "kernel_blocked", "kernel_from_row_blocks",
+           "kernel_lower_from_jacobian"]
 
 
 def kernel_from_row_blocks(blocks: RowBlocks, dtype):

@@ -29,10 +29,10 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from ..residuals import as_operator, has_row_blocks
+from ..residuals import as_operator, has_row_blocks, sample_space
 from .common import (Diagnostics, check_damping, check_scalar_or_schedule, empty_diagnostics,
                      is_static_zero, require_first, safe_direction, value_at)
-from .kernels import KERNELS, kernel_from_row_blocks, kernel_lower_from_jacobian
+from .kernels import KERNELS, kernel_from_row_blocks
 from .solvers import (SOLVERS, cholesky_solve, nystrom_gpu, nystrom_standard, pcg,
                       symmetrize_lower)
 from .step_size import DEFAULT_NORM_CONSTRAINT, step_size_chain
@@ -111,7 +111,15 @@ def _sample_space(name, residual_fn, damping, momentum, solver, sketch_size, see
         count = state.count + 1
         key, sketch_key = jax.random.split(state.key)
 
-        if kernel == "dense":
+        if kernel == "dense" and solver == "cholesky":
+            ss = sample_space(op, params, batch)
+            r, jv, jtu = ss.r, ss.jv, ss.jtu
+
+            def k_lower():
+                return ss.kernel
+
+            kmatmul = None  # only the Nyström sketches multiply by K
+        elif kernel == "dense":
             r, jac = op.residual_and_jacobian(params, batch)
 
             def jv(v):
@@ -123,8 +131,7 @@ def _sample_space(name, residual_fn, damping, momentum, solver, sketch_size, see
             def kmatmul(v):
                 return jac @ (jac.T @ v)
 
-            def k_lower():
-                return kernel_lower_from_jacobian(jac, mirror=False)
+            k_lower = None
         else:
             r = op(params, batch)
             k_blk = kernel_from_row_blocks(op.row_blocks(params, batch, block_size), dtype)

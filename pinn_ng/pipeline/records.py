@@ -22,6 +22,8 @@ from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
+from .. import hugepages
+
 CURVE = "curve.csv"
 META = "meta.json"
 #: Packages whose versions every record lists.
@@ -124,6 +126,8 @@ def device_info() -> dict:
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "hostname": platform.node(),
+        # glibc's huge-page tunable (pinn_ng/hugepages.py): speed only, never the numbers
+        "huge_pages": hugepages.active(),
     }
 
 

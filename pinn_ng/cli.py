@@ -466,7 +466,10 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # a usage error (one line, see _Parser) or --help
         return exit_.code if isinstance(exit_.code, int) else 2
-    if argv is None and args.command == "run":  # a real process, not a test calling main()
+    trains = args.command == "run" or (args.command == "tune"
+                                       and args.tune_command in ("trial", "final"))
+    if argv is None and trains:  # a real process, not a test calling main(); trials and
+        # final runs train under the same conditions as every run
         from .hugepages import reexec_with_huge_pages
 
         reexec_with_huge_pages([sys.executable, "-m", "pinn_ng.cli", *sys.argv[1:]])

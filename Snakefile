@@ -8,6 +8,10 @@
 # that runs this Snakefile).  See README "The benchmark pipeline".
 # `snakemake --report report.html` (after a run) bundles the figures and tables marked with
 # report() below, with the captions under report/, into one self-contained HTML file.
+# Tuning (the preset's `tuning` section; pinn_ng.pipeline.tuning): per study, a trial table per
+# stage (written once, seeded), one job per trial (an ordinary run record; a failed or crashed
+# trial is recorded as such and scores +inf), best.json + an appendix-style table, and the
+# final runs of the best configurations (experiments' `tuned`), which feed the figures.
 
 import json
 import os
@@ -81,16 +85,31 @@ def total_cores():
         return 1
 
 
+STUDIES = PLAN.studies
+TUNED = PLAN.tuned
+TUNE = f"{RES}/tuning"
+
+
+def trial_threads(cores):
+    n = int((PLAN.config.get("tuning") or {}).get("trial_threads", 0) or 0)
+    return max(1, min(n, cores)) if n else max(1, cores)
+
+
 wildcard_constraints:
     run_id="|".join(map(re.escape, RUNS)) or "NO_RUNS",
+    tuned_id="|".join(map(re.escape, TUNED)) or "NO_TUNED_RUNS",
     figure="|".join(PLAN.figures) or "NO_FIGURES",
+    study="|".join(map(re.escape, STUDIES)) or "NO_STUDIES",
+    stage="1|2",
+    trial="[A-Za-z0-9_.-]+",
+    tuning_figure="|".join(PLAN.tuning_figures) or "NO_TUNING_FIGURES",
 
 
 TABLES = ("curves", "summary", "summary_by_config", "experiments")
 
 
 def table_targets():
-    out = [f"{RES}/{name}.csv" for name in TABLES] if RUNS else []
+    out = [f"{RES}/{name}.csv" for name in TABLES] if (RUNS or TUNED) else []
     if PLAN.nystrom_table:
         out += [f"{RES}/nystrom_table.csv", f"{RES}/nystrom_table.md"]
     if RUNS:
@@ -98,16 +117,31 @@ def table_targets():
     return out
 
 
+def tuning_targets():
+    return [f"{TUNE}/{name}/{f}" for name in STUDIES for f in ("best.json", "best.md")] + \
+        [f"{FIG}/{name}.png" for name in PLAN.tuning_figures]
+
+
+ALL_RUN_METAS = [f"{RES}/runs/{rid}/meta.json" for rid in list(RUNS) + list(TUNED)]
+
+
 rule all:
     input:
         table_targets(),
         expand(f"{FIG}/{{figure}}.png", figure=PLAN.figures),
+        tuning_targets(),
 
 
 rule runs:
     """Only the training runs (no tables, no figures)."""
     input:
-        expand(f"{RES}/runs/{{run_id}}/meta.json", run_id=list(RUNS)),
+        ALL_RUN_METAS,
+
+
+rule tune:
+    """Only the tuning studies: trials, best.json, tables and figures."""
+    input:
+        tuning_targets(),
 
 
 rule tables:
@@ -136,6 +170,126 @@ rule run:
         "2> {log:q}"
 
 
+rule tuned_run:
+    """A final run of a study's best configuration (hyper-parameters from best.json)."""
+    input:
+        best=lambda wc: f"{TUNE}/{TUNED[wc.tuned_id]['study']}/best.json",
+    output:
+        curve=f"{RES}/runs/{{tuned_id}}/curve.csv",
+        meta=f"{RES}/runs/{{tuned_id}}/meta.json",
+    params:
+        spec=lambda wc: json.dumps(TUNED[wc.tuned_id]["spec"], sort_keys=True),
+        search=lambda wc: "{problem}:{label}:{n}".format(**TUNED[wc.tuned_id]),
+        out=lambda wc: f"{RES}/runs/{wc.tuned_id}",
+    log:
+        f"{RES}/logs/{{tuned_id}}.log",
+    threads: PLAN.run_threads(total_cores())
+    resources:
+        gpu=GPUS,
+        runtime=lambda wc: pcfg.budget_minutes(TUNED[wc.tuned_id]["spec"]),
+    shell:
+        "pinn-ng tune final --best {input.best:q} --search {params.search:q} "
+        "--spec {params.spec:q} --out {params.out:q} 2> {log:q}"
+
+
+rule tune_study:
+    """A study's searches (spaces, base run specs, seed), as the trial tables read them."""
+    output:
+        f"{TUNE}/{{study}}/study.json",
+    params:
+        study=lambda wc: json.dumps(STUDIES[wc.study].to_json(), sort_keys=True, indent=1),
+    run:
+        with open(output[0], "w") as f:
+            f.write(params.study + "\n")
+
+
+def stage1_metas(wc):
+    return [f"{TUNE}/{wc.study}/stage1/runs/{t}/meta.json"
+            for t in STUDIES[wc.study].trial_ids(1)]
+
+
+rule tune_trials:
+    """A stage's trial table, written once: Sobol draws seeded by (search seed, problem,
+    label, N, stage), or a grid; stage 2 narrows around stage 1's best trials."""
+    input:
+        study=f"{TUNE}/{{study}}/study.json",
+        previous=lambda wc: [f"{TUNE}/{wc.study}/stage1/trials.csv"] + stage1_metas(wc)
+        if wc.stage == "2" else [],
+    output:
+        f"{TUNE}/{{study}}/stage{{stage}}/trials.csv",
+    params:
+        previous=lambda wc: f"--stage1-table {TUNE}/{wc.study}/stage1/trials.csv "
+        f"--stage1-runs {TUNE}/{wc.study}/stage1/runs" if wc.stage == "2" else "",
+    shell:
+        "pinn-ng tune trials --study {input.study:q} --stage {wildcards.stage} "
+        "{params.previous} --out {output:q}"
+
+
+rule tune_trial:
+    """One trial = one ordinary run record.  An exception is recorded by `pinn-ng tune trial`
+    itself; a crashed process (killed for memory, a segfault) by `pinn-ng tune failed`
+    after it; both score +inf.  An interrupted trial (exit 130) leaves no record."""
+    input:
+        f"{TUNE}/{{study}}/stage{{stage}}/trials.csv",
+    output:
+        curve=f"{TUNE}/{{study}}/stage{{stage}}/runs/{{trial}}/curve.csv",
+        meta=f"{TUNE}/{{study}}/stage{{stage}}/runs/{{trial}}/meta.json",
+    params:
+        out=lambda wc, output: os.path.dirname(output.meta),
+    log:
+        f"{TUNE}/{{study}}/stage{{stage}}/logs/{{trial}}.log",
+    threads: trial_threads(total_cores())
+    resources:
+        gpu=GPUS,
+        runtime=lambda wc: pcfg.budget_minutes(STUDIES[wc.study].searches[0].base),
+    shell:
+        "pinn-ng tune trial --trials {input:q} --trial {wildcards.trial} --out {params.out:q} "
+        "2> {log:q} || pinn-ng tune failed --exit-status $? --trials {input:q} "
+        "--trial {wildcards.trial} --out {params.out:q} --log {log:q}"
+
+
+def study_trials(wc):
+    st = STUDIES[wc.study]
+    return {f"trials{k}": f"{TUNE}/{wc.study}/stage{k}/trials.csv" for k in st.stages} | {
+        "metas": [f"{TUNE}/{wc.study}/stage{k}/runs/{t}/meta.json" for k in st.stages
+                  for t in st.trial_ids(k)]}
+
+
+rule tune_select:
+    """Rank every search's trials (final L2; ties: final loss, trial index): best.json, the
+    appendix-style table, every trial's outcome; warns where a best value sits at an edge."""
+    input:
+        unpack(study_trials),
+        study=f"{TUNE}/{{study}}/study.json",
+    output:
+        best=f"{TUNE}/{{study}}/best.json",
+        table=report(f"{TUNE}/{{study}}/best.md", caption="report/tuning.rst",
+                     category="Tuning", labels={"study": "{study}", "file": "best.md"}),
+        results=f"{TUNE}/{{study}}/results.csv",
+    params:
+        stages=lambda wc: " ".join(
+            f"--trials {TUNE}/{wc.study}/stage{k}/trials.csv "
+            f"--runs {TUNE}/{wc.study}/stage{k}/runs" for k in STUDIES[wc.study].stages),
+    log:
+        f"{TUNE}/{{study}}/select.log",
+    shell:
+        "pinn-ng tune select --study {input.study:q} {params.stages} --best {output.best:q} "
+        "--table {output.table:q} --results {output.results:q} --log {log:q}"
+
+
+rule tune_figure:
+    """Sensitivity (final L2 against each tuned hyper-parameter) and best-so-far figures."""
+    input:
+        best=lambda wc: f"{TUNE}/{wc.tuning_figure.rsplit('_', 1)[1]}/best.json",
+        results=lambda wc: f"{TUNE}/{wc.tuning_figure.rsplit('_', 1)[1]}/results.csv",
+    output:
+        report(f"{FIG}/{{tuning_figure}}.png", caption="report/tuning.rst", category="Tuning",
+               labels={"figure": "{tuning_figure}"}),
+    shell:
+        "pinn-ng tune figure --best {input.best:q} --results {input.results:q} "
+        "--figure {wildcards.tuning_figure} --out {output:q} --dpi {DPI}"
+
+
 rule manifest:
     """Which run belongs to which experiment (changes when the preset does)."""
     output:
@@ -151,7 +305,7 @@ rule manifest:
 rule gather:
     input:
         manifest=f"{RES}/manifest.json",
-        metas=expand(f"{RES}/runs/{{run_id}}/meta.json", run_id=list(RUNS)),
+        metas=ALL_RUN_METAS,
     output:
         **{name: report(f"{RES}/{name}.csv", caption=f"report/{name}.rst", category="Tables",
                         labels={"table": f"{name}.csv"})

@@ -7,6 +7,9 @@
 ``pinn-ng figures``        tables -> figures/*.png (byte-identical from the same tables)
 ``pinn-ng compare``        the paper's headline numbers next to ours -> paper_comparison.md
 ``pinn-ng plan``           validate a pipeline preset and list its runs and figures
+``pinn-ng tune …``         the tuning stage: trials (a stage's trial table), trial (run one),
+                           failed (record a crashed trial), select (best.json and table),
+                           final (rerun a best configuration), figure (sensitivity, best so far)
 
 The Snakefile drives run / gather / figures / compare; each also works by hand.  (The
 appendix-B Nyström table is a benchmark: ``python bench/nystrom_table.py``.)
@@ -198,11 +201,138 @@ def _cmd_plan(args) -> int:
         key, value = _key_value(item, "--config")
         cfg[key] = value
     plan = pcfg.plan(cfg, args.schema)
-    for rid, spec in plan.runs.items():
+    for rid, spec in list(plan.runs.items()) + [(r, t["spec"]) for r, t in plan.tuned.items()]:
         budget = f"steps={spec['max_steps']} seconds={spec['max_seconds']}"
-        print(f"{rid}  {budget}")
-    print(f"{len(plan.runs)} runs; figures: {plan.figures}", file=sys.stderr)
+        print(f"{rid}  {budget}" + (f"  (best of study {plan.tuned[rid]['study']})"
+                                    if rid in plan.tuned else ""))
+    for line in pcfg.tuning_estimate(plan):
+        print(line, file=sys.stderr)
+    if plan.tuned:
+        print(f"{len(plan.tuned)} of the runs rerun tuned configurations", file=sys.stderr)
+    print(f"{len(plan.runs) + len(plan.tuned)} runs; figures: "
+          f"{plan.figures + plan.tuning_figures}", file=sys.stderr)
     print(pcfg.device_hours(plan).describe(), file=sys.stderr)
+    return 0
+
+
+def _cmd_tune_trials(args) -> int:
+    from .pipeline import tuning
+
+    print(tuning.write_trials(args.study, args.stage, args.out, args.stage1_table,
+                              args.stage1_runs))
+    return 0
+
+
+def _cmd_tune_trial(args) -> int:
+    """One trial: an ordinary run record.  Any exception (a rejected hyper-parameter value, a
+    numerical error, …) becomes a ``failed`` record, scored +inf; Ctrl-C / SIGTERM leave none."""
+    import traceback
+
+    from .pipeline import runner, tuning
+
+    row = tuning.trial(args.trials, args.trial)
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        meta = runner.run(row["spec"], args.out, progress=False)
+    except KeyboardInterrupt:
+        print(f"[pinn-ng] interrupted: no record written to {args.out}", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - a failed trial is a result (+inf), not a stop
+        traceback.print_exc(file=sys.stderr)
+        runner.write_failed_record(row["spec"], args.out, f"{type(err).__name__}: {err}")
+        print(f"[pinn-ng] trial {args.trial}: FAILED ({type(err).__name__}: "
+              f"{_one_line(err)}); recorded, scores +inf", file=sys.stderr)
+        return 0
+    status = "DIVERGED: " + meta["reason"] if meta["diverged"] else "finished"
+    print(f"[pinn-ng] trial {args.trial}: {status}; {meta['steps']} steps, final L2 "
+          f"{meta['final']['l2']:.3e}", file=sys.stderr)
+    return 0
+
+
+def _cmd_tune_failed(args) -> int:
+    """After a trial's process died (``… || pinn-ng tune failed --exit-status $?``): record it
+    as failed, unless it was interrupted (SIGINT/SIGTERM: no record, so it reruns)."""
+    from .pipeline import records, runner, tuning
+
+    code = args.exit_status
+    if code in (130, 128 + signal.SIGINT, 128 + signal.SIGTERM):
+        return code
+    if records.is_complete(args.out):
+        return 0
+    row = tuning.trial(args.trials, args.trial)
+    what = f"the trial's process exited with status {code}"
+    if code > 128:
+        try:
+            name = signal.Signals(code - 128).name
+        except ValueError:
+            name = f"signal {code - 128}"
+        what = f"the trial's process was killed by {name}" + (
+            " (e.g. out of memory)" if code - 128 == signal.SIGKILL else "")
+    tail = ""
+    if args.log and Path(args.log).is_file():
+        lines = [ln for ln in Path(args.log).read_text(errors="replace").splitlines()
+                 if ln.strip()]
+        tail = f"; last log line: {lines[-1][:300]}" if lines else ""
+    runner.write_failed_record(row["spec"], args.out, what + tail)
+    print(f"[pinn-ng] trial {args.trial}: FAILED ({what}); recorded, scores +inf",
+          file=sys.stderr)
+    return 0
+
+
+def _cmd_tune_select(args) -> int:
+    from .pipeline import tuning
+
+    if len(args.trials) != len(args.runs):
+        raise UsageError("give one --runs directory per --trials table")
+    lines = []
+
+    def warn(msg):
+        lines.append(f"pinn-ng tune select: warning: {msg}")
+        print(lines[-1], file=sys.stderr)
+
+    best = tuning.write_selection(args.study, args.trials, args.runs, args.best, args.table,
+                                  args.results, warn=warn)
+    if args.log:
+        Path(args.log).write_text("".join(f"{ln}\n" for ln in lines))
+    for s in best["searches"]:
+        b = s["best"]
+        print(f"{best['study']}: {s['label']} on {s['problem']} (N = {s['N']}): " + (
+            f"best {b['trial_id']}, final L2 {b['final_l2']:.3e}, {b['tuned']}" if b else
+            "no finite trial"))
+    return 0
+
+
+def _cmd_tune_final(args) -> int:
+    """A final run of a search's best configuration (from best.json)."""
+    from .pipeline import runner, tuning
+
+    spec = _load_spec(args.spec)
+    try:
+        problem, label, n = args.search.rsplit(":", 2)
+        n = int(n)
+    except ValueError:
+        raise UsageError(f"--search expects PROBLEM:LABEL:N, got {args.search!r}") from None
+    hparams = tuning.best_hparams(args.best, problem, label, n)
+    if hparams is None:
+        runner.write_failed_record(spec, args.out, f"no trial of {label} on {problem} (N = {n})"
+                                   f" finished with a finite L2 error in {args.best}")
+        print(f"[pinn-ng] {args.out}: no best configuration; recorded as failed",
+              file=sys.stderr)
+        return 0
+    spec["hparams"] = hparams
+    args.spec = json.dumps(spec)
+    for key in ("problem", "optimizer", "label", "n_interior", "n_boundary", "max_steps",
+                "max_seconds", "eval_every", "data_seed", "model_seed", "dtype", "widths",
+                "hparam"):
+        setattr(args, key, None)
+    args.no_progress = True
+    return _cmd_run(args)
+
+
+def _cmd_tune_figure(args) -> int:
+    from .pipeline import tuning_figures
+
+    print(tuning_figures.draw(args.best, args.results, args.figure, args.out, dpi=args.dpi))
     return 0
 
 
@@ -278,6 +408,53 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--config", nargs="*", metavar="KEY=VALUE", help="top-level overrides")
     sp.add_argument("--schema", help="default: the schema shipped with pinn_ng")
     sp.set_defaults(func=_cmd_plan)
+
+    tp = sub.add_parser("tune", help="the tuning stage (the Snakefile drives it)",
+                        description="The tuning stage, one step per subcommand; see "
+                        "pinn_ng.pipeline.tuning.")
+    tsub = tp.add_subparsers(dest="tune_command", required=True)
+    sp = tsub.add_parser("trials", help="write a stage's trial table")
+    sp.add_argument("--study", required=True, help="study.json (written by the Snakefile)")
+    sp.add_argument("--stage", type=int, choices=[1, 2], required=True)
+    sp.add_argument("--stage1-table", help="stage 2: stage 1's trials.csv")
+    sp.add_argument("--stage1-runs", help="stage 2: stage 1's run records directory")
+    sp.add_argument("--out", required=True)
+    sp.set_defaults(func=_cmd_tune_trials)
+    sp = tsub.add_parser("trial", help="run one trial of a trial table (one run record)")
+    sp.add_argument("--trials", required=True, help="trials.csv")
+    sp.add_argument("--trial", required=True, help="trial id")
+    sp.add_argument("--out", required=True, help="run record directory")
+    sp.set_defaults(func=_cmd_tune_trial)
+    sp = tsub.add_parser("failed", help="record a trial whose process died as failed")
+    sp.add_argument("--exit-status", type=int, required=True)
+    sp.add_argument("--trials", required=True)
+    sp.add_argument("--trial", required=True)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--log", help="the trial's log (its last line goes into the reason)")
+    sp.set_defaults(func=_cmd_tune_failed)
+    sp = tsub.add_parser("select", help="rank trials: best.json, table, results.csv")
+    sp.add_argument("--study", required=True)
+    sp.add_argument("--trials", action="append", required=True, help="a stage's trials.csv")
+    sp.add_argument("--runs", action="append", required=True,
+                    help="that stage's run records directory")
+    sp.add_argument("--best", required=True)
+    sp.add_argument("--table", required=True)
+    sp.add_argument("--results", required=True)
+    sp.add_argument("--log", help="also write the warnings here")
+    sp.set_defaults(func=_cmd_tune_select)
+    sp = tsub.add_parser("final", help="run a search's best configuration")
+    sp.add_argument("--best", required=True, help="best.json")
+    sp.add_argument("--search", required=True, help="PROBLEM:LABEL:N of the search")
+    sp.add_argument("--spec", required=True, help="the run spec without tuned values (JSON)")
+    sp.add_argument("--out", required=True)
+    sp.set_defaults(func=_cmd_tune_final)
+    sp = tsub.add_parser("figure", help="sensitivity / best-so-far figure of a study")
+    sp.add_argument("--best", required=True)
+    sp.add_argument("--results", required=True)
+    sp.add_argument("--figure", required=True, help="sensitivity_<study> or best_so_far_<study>")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--dpi", type=int, default=110)
+    sp.set_defaults(func=_cmd_tune_figure)
     return parser
 
 
@@ -293,7 +470,10 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # a usage error (one line, see _Parser) or --help
         return exit_.code if isinstance(exit_.code, int) else 2
-    if argv is None and args.command == "run":  # a real process, not a test calling main()
+    trains = args.command == "run" or (args.command == "tune"
+                                       and args.tune_command in ("trial", "final"))
+    if argv is None and trains:  # a real process, not a test calling main(); trials and
+        # final runs train under the same conditions as every run
         from .hugepages import reexec_with_huge_pages
 
         reexec_with_huge_pages([sys.executable, "-m", "pinn_ng.cli", *sys.argv[1:]])

@@ -129,6 +129,27 @@ CASES = [
     ("figures_unknown_figure", ["figures", "--results", "{tmp}/none", "--figure", "speedup"],
      {}, ["none"]),
     ("unknown_subcommand", ["nystrom-tabel"], {}, ["nystrom-tabel", "run", "gather"]),
+    # ------------------------------------------------------------------ pinn-ng tune (issue 12)
+    ("plan_space_lo_above_hi", ["plan", "smoke", "{tmp}/t.yaml"],
+     {"t.yaml": "tuning:\n  spaces:\n    adam:\n      space: {learning_rate: "
+                "{loguniform: [0.5, 1.0e-4]}}\n"},
+     ["tuning.spaces.adam.space.learning_rate.loguniform", "lo must be below hi"]),
+    ("plan_space_unknown_label", ["plan", "smoke", "{tmp}/t.yaml"],
+     {"t.yaml": "tuning:\n  spaces:\n    adamm:\n      space: {learning_rate: "
+                "{uniform: [0.1, 1.0]}}\n"}, ["tuning.spaces.adamm", "adam", "engd_w"]),
+    ("plan_study_unknown_optimizer", ["plan", "smoke", "{tmp}/t.yaml"],
+     {"t.yaml": "tuning:\n  studies:\n    tunesmoke: {optimizers: [kfac]}\n"},
+     ["tuning.studies.tunesmoke.optimizers[0]", "kfac", "planned"]),
+    ("tune_trials_no_study", ["tune", "trials", "--study", "{tmp}/none.json", "--stage", "1",
+                              "--out", "{out}"], {}, ["none.json", "study"]),
+    ("tune_trial_unknown", ["tune", "trial", "--trials", "{tmp}/t.csv", "--trial", "x",
+                            "--out", "{out}"], {"t.csv": "trial_id,problem\n"}, ["t.csv"]),
+    ("tune_final_bad_search", ["tune", "final", "--best", "{tmp}/b.json", "--search", "p",
+                               "--spec", "{{}}", "--out", "{out}"], {"b.json": "{}"},
+     ["--search", "PROBLEM:LABEL:N"]),
+    ("tune_figure_unknown", ["tune", "figure", "--best", "{tmp}/b.json", "--results",
+                             "{tmp}/r.csv", "--figure", "scatter_x", "--out", "{out}"], {},
+     ["scatter_x", "sensitivity_<study>"]),
 ]
 
 

@@ -24,7 +24,7 @@ import pytest
 
 from pinn_ng import models, optim, problems, train
 from pinn_ng.pipeline import config as pcfg
-from pinn_ng.pipeline import families, figures, gather, records, runner
+from pinn_ng.pipeline import families, figures, gather, records, runner, tuning, tuning_figures
 from pinn_ng.residuals import ResidualFn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -172,13 +172,14 @@ def test_experiment_replicates_override_the_top_level():
     cfg = preset(REPO / "config" / "smoke.yaml",
                  {"experiments": {"convergence": {"replicates": 3}}})
     plan = pcfg.plan(cfg, check_optimizers=False)
-    conv = [plan.runs[r] for r in plan.experiments["convergence"]]
+    conv = [plan.spec(r) for r in plan.experiments["convergence"]]
     assert sorted(s["replicate"] for s in conv if s["label"] == "adam") == [0, 1, 2]
+    assert sorted(s["replicate"] for s in conv if s["label"] == "adam_tuned") == [0, 1, 2]
     assert sorted(s["data_seed"] for s in conv if s["label"] == "adam") == [0, 1, 2]
     scaling = [plan.runs[r] for r in plan.experiments["scaling"]]
     assert {s["replicate"] for s in scaling} == {0}  # the top-level value (1) elsewhere
     default = pcfg.plan(preset(), check_optimizers=False)
-    conv = [default.runs[r] for r in default.experiments["convergence"]]
+    conv = [default.spec(r) for r in default.experiments["convergence"]]
     assert {s["replicate"] for s in conv} == {0, 1, 2}
     with pytest.raises(pcfg.ConfigError, match="experiments.convergence.replicates"):
         pcfg.plan(preset({"experiments": {"convergence": {"replicates": 0}}}))
@@ -359,9 +360,10 @@ def test_smoke_pipeline_end_to_end(smoke):
     for col in ["problem", "label", "N", "final_l2", "best_l2", "steps", "seconds_per_step",
                 "diverged"]:
         assert col in summary.columns, col
-    assert sorted(summary.run_id) == sorted(plan.runs)
+    assert sorted(summary.run_id) == sorted([*plan.runs, *plan.tuned])
     assert (summary.steps == 6).all() and not summary.diverged.any()
-    assert set(summary.label) == {"adam", "engd", "engd_w", "engd_w_nystrom_gpu"}
+    assert set(summary.label) == {"adam", "engd", "engd_w", "engd_w_nystrom_gpu",
+                                  "adam_tuned", "engd_w_tuned"}
     assert (summary.seconds_per_step > 0).all()
     for name in ("nystrom_table.csv", "nystrom_table.md"):
         assert (res / name).stat().st_size > 0
@@ -371,17 +373,60 @@ def test_smoke_pipeline_end_to_end(smoke):
         assert col in summary.columns, col
     table = pd.read_csv(res / "nystrom_table.csv")
     assert {"standard_seconds", "gpu_seconds", "standard_mib", "gpu_mib"} <= set(table.columns)
-    for fig in plan.figures:
+    for fig in plan.figures + plan.tuning_figures:
         path = work / "figures" / f"{fig}.png"
         assert path.stat().st_size > 1000, fig
+
+
+def test_smoke_tuning_study(smoke, tmp_path):
+    """The smoke preset's study: 2 optimizers × (3 + 3) trials, best.json, the table, the
+    tuned final runs in the convergence experiment, the figures."""
+    work, plan, _ = smoke
+    tdir = work / "results" / "tuning" / "tunesmoke"
+    study = plan.studies["tunesmoke"]
+    # the table the pipeline wrote is the one this process draws (another process, same bytes)
+    assert (tdir / "stage1" / "trials.csv").read_text() == \
+        tuning.trials_csv(tuning.trial_rows(study, 1))
+    best = json.loads((tdir / "best.json").read_text())
+    assert [(s["label"], s["trials"], s["failed"]) for s in best["searches"]] == \
+        [("adam", 6, 0), ("engd_w", 6, 0)]
+    results = pd.read_csv(tdir / "results.csv")
+    assert len(results) == 12 and sorted(set(results.stage)) == [1, 2]
+    stage2 = tuning.read_trials(tdir / "stage2" / "trials.csv")
+    for s in best["searches"]:
+        assert s["best"] is not None and s["stage2_space"] is not None
+        r = results[results.label == s["label"]]
+        assert s["best"]["final_l2"] == r.final_l2.min()  # the best by final L2
+        for row in stage2:  # stage 2 drew inside stage 1's space
+            if row["label"] == s["label"]:
+                (name, value), = row["tuned"].items()
+                lo, hi = next(iter(s["space"][name].values()))
+                assert lo <= value <= hi
+    text = (tdir / "best.md").read_text()
+    assert "| problem | optimizer | N | hyper-parameter | search space |" in text
+    # tuned final runs: the best hyper-parameters, the experiment's 2 seeds
+    summary = pd.read_csv(work / "results" / "summary.csv")
+    exps = pd.read_csv(work / "results" / "experiments.csv")
+    for s in best["searches"]:
+        tuned = summary[summary.label == f"{s['label']}_tuned"]
+        assert sorted(tuned.replicate) == [0, 1]
+        assert {json.loads(h)["learning_rate" if s["label"] == "adam" else "damping"]
+                for h in tuned.hparams} == {next(iter(s["best"]["tuned"].values()))}
+        assert set(tuned.run_id) <= set(exps[exps.experiment == "convergence"].run_id)
+    for fig in plan.tuning_figures:  # byte-identical when redrawn
+        tuning_figures.draw(tdir / "best.json", tdir / "results.csv", fig,
+                            tmp_path / f"{fig}.png")
+        assert (tmp_path / f"{fig}.png").read_bytes() == \
+            (work / "figures" / f"{fig}.png").read_bytes()
 
 
 def test_snakemake_report_has_every_figure_and_table(smoke):
     work, plan, _ = smoke
     snakemake(work, *PRESETS["smoke"], "--report", str(work / "report.html"))
     html = (work / "report.html").read_text(encoding="utf-8")
-    for fig in plan.figures:
+    for fig in plan.figures + plan.tuning_figures:
         assert f"{fig}.png" in html, fig
+    assert "best.md" in html and "Sensitivity of the final L2 error" in html
     for table in ("summary.csv", "summary_by_config.csv", "curves.csv", "nystrom_table.csv"):
         assert table in html, table
     # captions (report/*.rst), chosen per figure by the `figure` wildcard
@@ -432,7 +477,35 @@ def test_killed_run_leaves_no_record_and_rerun_completes(smoke):
     assert records.is_complete(runs_dir / victim)
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # finished ones untouched
     summary = pd.read_csv(work / "results" / "summary.csv")
-    assert sorted(summary.run_id) == sorted(plan.runs)
+    assert sorted(summary.run_id) == sorted([*plan.runs, *plan.tuned])
+
+
+def test_killed_search_reruns_only_its_missing_trials(smoke):
+    """A search killed during stage 2 (its last trials have no record): Snakemake reruns those
+    trials only, not the tables, and selects the same best (6-step budgets: deterministic)."""
+    work, plan, _ = smoke
+    tdir = work / "results" / "tuning" / "tunesmoke"
+    before = (tdir / "best.json").read_text()
+    tables = {p: p.stat().st_mtime_ns for p in tdir.glob("stage*/trials.csv")}
+    victims = plan.studies["tunesmoke"].trial_ids(2)[-2:]
+    for t in victims:
+        shutil_rmtree(tdir / "stage2" / "runs" / t)
+    # a search killed during stage 2 never got to select or draw: remove what follows it
+    for product in ("best.json", "best.md", "results.csv"):
+        (tdir / product).unlink()
+    for fig in plan.tuning_figures:
+        (work / "figures" / f"{fig}.png").unlink()
+    kept = {p: p.stat().st_mtime_ns for p in tdir.glob("stage*/runs/*/meta.json")}
+    proc = snakemake(work, "tune", "-n", *PRESETS["smoke"])  # a target before --configfile
+    dry = proc.stdout + proc.stderr
+    assert re.search(r"^tune_trial\s+2\s*$", dry, re.M), dry
+    assert re.search(r"^tune_select\s+1\s*$", dry, re.M), dry
+    assert not re.search(r"^tune_trials\s", dry, re.M), dry
+    assert all(f"trial={t}" in dry for t in victims)
+    snakemake(work, "tune", *PRESETS["smoke"])
+    assert (tdir / "best.json").read_text() == before
+    assert {p: p.stat().st_mtime_ns for p in tables} == tables
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
 
 
 def shutil_rmtree(path):

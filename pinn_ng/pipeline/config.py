@@ -19,6 +19,13 @@ Experiments (each feeds one figure family, :data:`pinn_ng.pipeline.families.FAMI
 - ``effective_dimension``: ENGD-W / SPRING runs with ``track_effective_dimension`` switched on
   -> ``effective_dimension``.
 
+Tuning (``tuning``, :mod:`pinn_ng.pipeline.tuning`): search spaces per optimizer label and
+studies (problems × labels × batch sizes, trials per stage, a budget), expanded into
+:class:`~pinn_ng.pipeline.tuning.Study` objects (``Plan.studies``).  An experiment's
+``tuned: [study, …]`` adds, per label of the study, a final run of the study's best
+configuration with the experiment's budget and replicates (label ``<label>_tuned``; its
+hyper-parameters are read from ``best.json`` when the run starts, ``Plan.tuned``).
+
 Identical runs requested by several experiments are run once: a run's id is derived from its
 full specification.  Each experiment runs ``replicates`` seeds per configuration (its own key,
 else the top-level one); replicate i uses ``data_seed + i`` and ``model_seed + i``.  An
@@ -38,7 +45,7 @@ from pathlib import Path
 
 import yaml
 
-from . import families
+from . import families, tuning
 from .errors import UserError
 
 #: The experiment kinds (one per figure family, see :mod:`pinn_ng.pipeline.families`).
@@ -227,6 +234,8 @@ class Plan:
     experiments: dict = field(default_factory=dict)  # experiment -> [run ids]
     kinds: dict = field(default_factory=dict)  # experiment -> figure family
     figures: list = field(default_factory=list)  # figure names (no extension)
+    studies: dict = field(default_factory=dict)  # study name -> tuning.Study
+    tuned: dict = field(default_factory=dict)  # run id -> {study, problem, label, n, spec}
 
     @property
     def results_dir(self) -> str:
@@ -242,8 +251,19 @@ class Plan:
 
     def manifest(self) -> dict:
         """What ``pinn-ng gather`` needs to know: which runs belong to which experiment."""
+        specs = list(self.runs.values()) + [t["spec"] for t in self.tuned.values()]
         return {"experiments": self.experiments, "kinds": self.kinds,
-                "display": {s["label"]: s["display"] for s in self.runs.values()}}
+                "display": {s["label"]: s["display"] for s in specs}}
+
+    def spec(self, rid: str) -> dict:
+        """The specification of run ``rid``: an ordinary run, or a tuned final run (without
+        the tuned values, which come from ``best.json`` when it starts)."""
+        return self.runs[rid] if rid in self.runs else self.tuned[rid]["spec"]
+
+    @property
+    def tuning_figures(self) -> list[str]:
+        """``<figure>_<study>`` for every study (tuning.FIGURES)."""
+        return [f"{fig}_{name}" for name in self.studies for fig in tuning.FIGURES]
 
     def run_threads(self, cores: int) -> int:
         n = int(self.config.get("run_threads", 0) or 0)
@@ -274,6 +294,172 @@ def _hparams(opt: dict, problem: str, n: int) -> dict:
     return hp
 
 
+def _bad(where: str, msg: str) -> ConfigError:
+    return ConfigError(f"invalid pipeline preset:\n  config key {where}: {msg}")
+
+
+def _planned(name: str) -> bool:
+    """An optimizer name the registry announces but does not implement yet (e.g. ``kfac``)."""
+    from .. import optim
+
+    try:
+        optim.uses_grads(name)
+    except NotImplementedError:
+        return True
+    except (KeyError, TypeError):
+        return False
+    return False
+
+
+def _space(config: dict, label: str, problem: str | None = None) -> tuple:
+    """The dimensions of ``tuning.spaces.<label>``, those of ``per_problem.<problem>``
+    replacing (or adding to) them."""
+    entry = ((config.get("tuning") or {}).get("spaces") or {}).get(label)
+    where = f"tuning.spaces.{label}"
+    if entry is None:
+        raise _bad(where, "no search space for this optimizer label; give one under "
+                   "tuning.spaces")
+    try:
+        dims = {d.name: d for d in tuning.parse_space(entry["space"], f"{where}.space")}
+        own = (entry.get("per_problem") or {}).get(problem)
+        if own:
+            dims.update((d.name, d) for d in tuning.parse_space(
+                own, f"{where}.per_problem.{problem}"))
+    except tuning.TuningError as err:
+        key, _, msg = str(err).partition(": ")
+        raise _bad(key, msg) from None
+    return tuple(dims.values())
+
+
+def _check_spaces(config: dict) -> None:
+    """Every space: keyed by an optimizer label under ``optimizers`` or by an optimizer's
+    name (``kfac``: a space waiting for its label), ranges lo < hi (lo > 0 on a log scale),
+    and hyper-parameters the optimizer has.  A planned optimizer (in the registry's list of
+    planned names, not implemented yet) has no hyper-parameters to check: its space is checked
+    for its form only until it exists."""
+    from .. import optim
+
+    spaces = (config.get("tuning") or {}).get("spaces") or {}
+    optimizers = config["optimizers"]
+    for label, entry in spaces.items():
+        if label in optimizers:
+            name = optimizers[label]["optimizer"]
+        elif label in optim.names() or _planned(label):
+            name = label
+        else:
+            raise _bad(f"tuning.spaces.{label}",
+                       f"{label!r} is not a defined optimizer label; defined under "
+                       f"`optimizers`: {sorted(optimizers)}")
+        for problem in [None, *sorted((entry.get("per_problem") or {}))]:
+            dims = _space(config, label, problem)
+            if _planned(name):
+                continue
+            valid = optim.hyperparameters(name)
+            for d in dims:
+                if d.name not in valid:
+                    raise _bad(f"tuning.spaces.{label}.space.{d.name}",
+                               f"optimizer {name!r} has no hyper-parameter {d.name!r}; valid: "
+                               f"{', '.join(valid)}")
+
+
+def _studies(config: dict, scale: float) -> dict:
+    """``tuning.studies`` expanded into :class:`tuning.Study` objects (one search per problem
+    × label × batch)."""
+    tun = config.get("tuning") or {}
+    _check_spaces(config)
+    out = {}
+    for name, st in (tun.get("studies") or {}).items():
+        if st is None:  # switched off by an overriding preset
+            continue
+        where = f"tuning.studies.{name}"
+        for i, label in enumerate(st["optimizers"]):
+            if label not in config["optimizers"]:
+                extra = (f" ({label!r} is a planned optimizer, not implemented yet)"
+                         if _planned(label) else "")
+                raise _bad(f"{where}.optimizers[{i}]",
+                           f"{label!r} is not a defined optimizer label{extra}; defined under "
+                           f"`optimizers`: {sorted(config['optimizers'])}")
+        budget = st["budget"]
+        steps, seconds = budget.get("steps"), budget.get("seconds")
+        if steps is None and seconds is None:
+            raise _bad(f"{where}.budget", "give steps and/or seconds")
+        eval_every = int(st.get("eval_every") or config["eval_every"])
+        seed = int(st.get("search_seed", tun.get("search_seed", 0)) or 0)
+        study = tuning.Study(name, seed, narrow={**tuning.NARROW_DEFAULTS,
+                                                 **(st.get("narrow") or {})})
+        for pname in st["problems"]:
+            problem, widths, batch = _problem_settings(config, pname)
+            _check_widths(problem, widths, f"problems.{pname}.widths")
+            run_seconds = problem.budget_seconds if seconds == "paper" else seconds
+            if seconds == "paper" and run_seconds is None:
+                raise _bad(f"{where}.budget.seconds", f"{pname} has no paper budget; give a "
+                           "number")
+            if run_seconds is not None:
+                run_seconds = float(run_seconds) * scale
+            for label in st["optimizers"]:
+                opt = config["optimizers"][label]
+                dims = _space(config, label, pname)
+                for n_i, n_b in st.get("batches") or [batch]:
+                    hp = _hparams(opt, pname, n_i + n_b)
+                    base = {"problem": pname, "label": label,
+                            "display": opt.get("display", label),
+                            "optimizer": opt["optimizer"], "hparams": hp,
+                            "widths": list(widths), "n_interior": int(n_i),
+                            "n_boundary": int(n_b), "replicate": 0,
+                            "data_seed": int(config["data_seed"]),
+                            "model_seed": int(config["model_seed"]),
+                            "max_steps": steps, "max_seconds": run_seconds,
+                            "eval_every": eval_every, "dtype": config["dtype"]}
+                    search = tuning.Search(pname, label, opt["optimizer"], int(n_i + n_b),
+                                           dims, base, tuple(st["trials"]))
+                    if any(s.key == search.key for s in study.searches):
+                        raise _bad(f"{where}.batches", f"N = {search.n} twice")
+                    study.searches.append(search)
+        out[name] = study
+    return out
+
+
+def _tuned_runs(out: Plan, exp_name: str, study_name: str, pname: str, combos, replicates,
+                steps, run_seconds, eval_every) -> list[str]:
+    """Final runs of a study's best configurations in experiment ``exp_name`` on ``pname``:
+    the experiment's budget and replicates, hyper-parameters from ``best.json`` at run time."""
+    where = f"experiments.{exp_name}.tuned"
+    study = out.studies.get(study_name)
+    if study is None:
+        off = study_name in ((out.config.get("tuning") or {}).get("studies") or {})
+        raise _bad(where, f"study {study_name!r} is switched off (null under tuning.studies); "
+                   f"give this experiment tuned: [] or another study" if off else
+                   f"{study_name!r} is not a study; studies under tuning.studies: "
+                   f"{sorted(out.studies)}")
+    ids = []
+    several = len(out.config["experiments"][exp_name].get("tuned") or ()) > 1
+    for search in study.searches:
+        if search.problem != pname:
+            continue
+        for (n_i, n_b), net in combos:
+            if n_i + n_b != search.n:
+                continue
+            label = f"{search.label}_tuned" + (f"_{study_name}" if several else "")
+            display = f"{search.base['display']} (tuned)"
+            for rep in range(replicates):
+                spec = {**copy.deepcopy(search.base), "label": label, "display": display,
+                        "widths": list(net), "n_interior": int(n_i), "n_boundary": int(n_b),
+                        "replicate": rep,
+                        "data_seed": int(out.config["data_seed"]) + rep,
+                        "model_seed": int(out.config["model_seed"]) + rep,
+                        "max_steps": steps, "max_seconds": run_seconds,
+                        "eval_every": eval_every}
+                rid = run_id({**spec, "tuned_from": study_name})
+                out.tuned[rid] = {"study": study_name, "problem": pname,
+                                  "label": search.label, "n": search.n, "spec": spec}
+                ids.append(rid)
+    if not ids and any(s.problem == pname for s in study.searches):
+        raise _bad(where, f"study {study_name!r} searched {pname} at N = "
+                   f"{sorted({s.n for s in study.searches if s.problem == pname})}, not at the "
+                   f"experiment's N = {sorted({a + b for (a, b), _ in combos})}")
+    return ids
+
+
 def plan(config: dict, schema_path=None, check_optimizers: bool = True) -> Plan:
     """Validate ``config`` and expand it; see the module docstring.
 
@@ -287,6 +473,7 @@ def plan(config: dict, schema_path=None, check_optimizers: bool = True) -> Plan:
     optimizers = config["optimizers"]
     out = Plan(config)
     scale = float(config.get("budget_scale", 1.0))
+    out.studies = _studies(config, scale)
     for exp_name, exp in (config.get("experiments") or {}).items():
         if exp is None:  # switched off by an overriding preset
             continue
@@ -351,6 +538,9 @@ def plan(config: dict, schema_path=None, check_optimizers: bool = True) -> Plan:
                         out.runs[rid] = spec
                         if rid not in ids:
                             ids.append(rid)
+            for study_name in exp.get("tuned") or ():
+                ids += _tuned_runs(out, exp_name, study_name, pname, combos, replicates,
+                                   steps, run_seconds, eval_every)
         out.experiments[exp_name] = ids
         out.kinds[exp_name] = kind
 
@@ -358,7 +548,7 @@ def plan(config: dict, schema_path=None, check_optimizers: bool = True) -> Plan:
     for name, kind in out.kinds.items():
         if out.experiments[name]:
             problems_by_kind.setdefault(kind, set()).update(
-                out.runs[rid]["problem"] for rid in out.experiments[name])
+                out.spec(rid)["problem"] for rid in out.experiments[name])
     out.figures = families.figure_names(problems_by_kind)
     if check_optimizers:
         check_hyperparameters(out)
@@ -371,7 +561,14 @@ def check_hyperparameters(p: Plan) -> None:
     from ..residuals import ResidualFn
 
     seen = set()
-    for spec in p.runs.values():
+    specs = [(s, f"optimizers.{s['label']}.hparams") for s in p.runs.values()]
+    specs += [(t["spec"], f"optimizers.{t['label']}.hparams") for t in p.tuned.values()]
+    for study in p.studies.values():  # a first trial of every search (names and values)
+        for search in study.searches:
+            first = tuning.draw(search.dims, 1, 0)[0]
+            specs.append(({**search.base, "hparams": {**search.base["hparams"], **first}},
+                          f"tuning.spaces.{search.label} (a first trial)"))
+    for spec, where in specs:
         key = (spec["problem"], spec["optimizer"], json.dumps(spec["hparams"], sort_keys=True))
         if key in seen:
             continue
@@ -382,9 +579,22 @@ def check_hyperparameters(p: Plan) -> None:
             optim.make(spec["optimizer"], residual_fn, **spec["hparams"])
         except (KeyError, TypeError, ValueError) as err:
             raise ConfigError(
-                f"invalid pipeline preset:\n  config key optimizers.{spec['label']}.hparams "
+                f"invalid pipeline preset:\n  config key {where} "
                 f"(on {spec['problem']}): {spec['optimizer']} rejects {spec['hparams']}: "
                 f"{err}") from None
+
+
+def tuning_estimate(p: Plan) -> list[str]:
+    """Lines for ``pinn-ng plan``: trials and their budget in hours, per study and problem."""
+    out = []
+    for name, study in p.studies.items():
+        n1 = sum(s.n_trials(1) for s in study.searches)
+        n2 = sum(s.n_trials(2) for s in study.searches)
+        hours = tuning.estimate_hours(study)
+        per = ", ".join(f"{prob} {h:.2f} h" if h is not None else f"{prob} (step budget)"
+                        for prob, h in hours.items())
+        out.append(f"tuning study {name}: {n1} + {n2} trials; trials × budget: {per}")
+    return out
 
 
 def budget_minutes(spec: dict) -> int:

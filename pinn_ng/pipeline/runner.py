@@ -232,3 +232,40 @@ def run(spec: dict, out_dir, progress=None) -> dict:
     }
     records.write_record(out_dir, result.rows, columns, meta)
     return meta
+
+
+def write_failed_record(spec: dict, out_dir, reason: str) -> dict:
+    """A run record for a run that produced no result (an exception, a crashed process): status
+    ``failed``, no steps, a NaN final error, ``reason`` saying what happened.  The tuning stage
+    scores it +inf; it is a result, so that Snakemake does not rerun the trial forever."""
+    try:
+        spec = complete_spec(spec)
+    except UserError:
+        spec = dict(spec)
+    from .config import n_params
+
+    widths = spec.get("widths")
+    n_i, n_b = spec.get("n_interior"), spec.get("n_boundary")
+    nan = float("nan")
+    meta = {
+        "run_id": Path(out_dir).name, "spec": spec, "problem": spec.get("problem"),
+        "n_params": n_params(widths) if widths else None,
+        "N": n_i + n_b if isinstance(n_i, int) and isinstance(n_b, int) else None,
+        "seeds": {"data": spec.get("data_seed"), "model": spec.get("model_seed")},
+        "status": "failed", "diverged": True, "reason": " ".join(str(reason).split())[:2000],
+        "stopped_by": "failed", "steps": 0, "seconds": 0.0, "seconds_per_step": None,
+        "compile_seconds": None, "events": {}, "median_seconds_per_step": None,
+        "median_seconds_per_step_event": None, "median_seconds_per_step_no_event": None,
+        "final": {"l2": nan, "rms_l2": nan, "rel_l2": nan}, "best_l2": None,
+        "columns": list(_base_columns()), "versions": records.versions(),
+        "git": records.git_info(), "command": records.command_line(),
+        "started_utc": records.utc_now(), "finished_utc": records.utc_now(),
+    }
+    records.write_record(out_dir, [], meta["columns"], meta)
+    return meta
+
+
+def _base_columns():
+    from ..train import BASE_COLUMNS
+
+    return BASE_COLUMNS

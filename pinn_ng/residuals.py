@@ -219,9 +219,10 @@ class RowBlocks(NamedTuple):
 #: :mod:`pinn_ng.channels`, for ``models.mlp`` networks), per point with one of the
 #: Laplacian methods of :mod:`pinn_ng.operators`, or ``"mixed"``: residuals and the
 #: matrix-free products from the channels, the rows of J per point by folx.  ``"auto"``
-#: (the default) takes ``"mixed"`` for ``models.mlp`` networks, else ``"folx"``: measured by
-#: ``bench/structured_speed.py``, the channels evaluate r 1.75× faster than folx at 5d
-#: (N = 3500), while their J is as fast as folx's at 5d and 13 % slower at 100d (N = 150).
+#: (the default) takes ``"structured"`` for ``models.mlp`` networks, else ``"folx"``: measured
+#: by ``bench/structured_speed.py`` (5d, N = 3500), its sample space (r and K) is 0.91× and a
+#: fixed-η ENGD-W step 0.80× the time of the folx path; its J alone is not faster (1.18× at
+#: 5d, 0.94× at 100d).
 METHODS = ("structured", "mixed") + operators.METHODS
 
 

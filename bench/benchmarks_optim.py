@@ -162,6 +162,43 @@ class Kernel:
         self.compiled(self.jac).block_until_ready()
 
 
+class SampleSpace:
+    """r and the lower triangle of K = JJᵀ from the parameters, as an ENGD-W/SPRING Cholesky
+    step needs them: from the per-point folx J, or from the structured channels (J's interior
+    layer blocks, never concatenated; boundary rows of K from their value channel)."""
+
+    param_names = ["method"]
+    params = (["folx", "structured"],)
+    number = 1
+    repeat = (1, 7, 30.0)
+    warmup_time = 0.0
+    timeout = 600
+
+    def setup(self, method):
+        s = _KERNEL_SIZE[_q()]
+        net = _cases.build_net(s.problem)
+        batch = _cases.sample(net, s)
+        rf = ResidualFn(net.problem, net.apply, method=method)
+        fn = jax.jit(lambda p, b: rf.sample_space(p, b)[:2])
+        self.compiled, _ = compile_jitted(fn, net.params, batch)
+        self.args = (net.params, batch)
+        _, jac = ResidualFn(net.problem, net.apply, method="folx").residual_and_jacobian(
+            net.params, batch)
+        ref = jnp.tril(jac @ jac.T)
+        err = float(jnp.max(jnp.abs(jnp.tril(self.compiled(*self.args)[1]) - ref))
+                    / jnp.max(jnp.abs(ref)))
+        if err > 1e-12:
+            raise AssertionError(f"sample space {method}: relative error of K {err:.1e}")
+
+    def time_sample_space(self, method):
+        jax.block_until_ready(self.compiled(*self.args))
+
+    def track_peak_memory(self, method):
+        return peak_memory(self.compiled)[0] / MiB
+
+    track_peak_memory.unit = "MiB"
+
+
 def _nystrom_fns(n: int, fraction: float):
     """The two solves of ``bench/nystrom_table.py`` (the one Nyström harness), jitted."""
     ell = nystrom_table.sketch_size(n, fraction)

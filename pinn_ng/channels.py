@@ -93,9 +93,34 @@ def forward(params, x, lap_dims: Sequence[int] | None, perturb=None):
 
 
 def jet(params, x, lap_dims: Sequence[int]) -> Jet:
-    """(u, ∇u, Δu) of the MLP at the points ``x`` (N, D), the Laplacian over ``lap_dims``."""
-    out, _ = forward(params, x, lap_dims)
-    return Jet(out[:, 0], out[:, 1:-1], out[:, -1])
+    """(u, ∇u, Δu) of the MLP at the points ``x`` (N, D), the Laplacian over ``lap_dims``.
+
+    The same channels as :func:`forward`, kept as three arrays (value (N, w), first
+    derivatives (N, D, w), Laplacian (N, w)) so that no layer concatenates them, and the first
+    layer in closed form: its input's derivative channels are the unit vectors and its
+    Laplacian is zero, so ∂_j z = W[j] for every point and Δz = 0.  The residual (and so each
+    line-search candidate) runs through this.
+    """
+    d = x.shape[1]
+    mask = jnp.zeros((d,), x.dtype).at[jnp.asarray(list(lap_dims), dtype=jnp.int32)].set(1.0)
+    (w, b), rest = params[0], params[1:]
+    z = x @ w + b
+    if not rest:
+        return Jet(z[:, 0], jnp.broadcast_to(w[:, 0], x.shape), jnp.zeros_like(z[:, 0]))
+    a = jnp.tanh(z)
+    s1 = 1.0 - a * a
+    grad = s1[:, None, :] * w[None]
+    lap = (-2.0 * a * s1) * (mask @ (w * w))
+    for layer, (w, b) in enumerate(rest):
+        zv = a @ w + b
+        zg = jnp.einsum("ndi,io->ndo", grad, w)
+        zl = lap @ w
+        if layer == len(rest) - 1:
+            return Jet(zv[:, 0], zg[:, :, 0], zl[:, 0])
+        a = jnp.tanh(zv)
+        s1 = 1.0 - a * a
+        grad = s1[:, None, :] * zg
+        lap = s1 * zl + (-2.0 * a * s1) * jnp.einsum("j,njo->no", mask, zg * zg)
 
 
 class Linearization(NamedTuple):
@@ -232,25 +257,47 @@ def kernel_block(a: Linearization, b: Linearization, rows_a=None, rows_b=None,
     return total
 
 
-def kernel_lower(lin: Linearization, n_full: int, n_blocks: int | None = None):
-    """Lower triangle of K = J Jᵀ (strictly upper part zero) for points whose first
-    ``n_full`` residuals use every channel and whose others use the value channel only
-    (interior, then boundary points).
+class KernelProducts(NamedTuple):
+    """The lower triangle of K = J Jᵀ (strictly upper part zero) and v ↦ J v, u ↦ Jᵀ u."""
 
-    The block of the first points comes from row-block products of their layer blocks of J
-    (never concatenated); the rows of the value-only points from :func:`kernel_block`.
+    kernel: jax.Array
+    jv: Callable
+    jtu: Callable
+
+
+def kernel_products(lin: Linearization, n_full: int, n_blocks: int | None = None):
+    """:class:`KernelProducts` for points whose first ``n_full`` residuals use every channel
+    and whose others use the value channel only (interior, then boundary points), without
+    assembling J.
+
+    The rows of the first points are built as J's layer blocks (never concatenated): K's block
+    of them from row-block products, their products J v and Jᵀ u from the blocks.  The
+    value-only points stay channels: their rows of K from :func:`kernel_block`, their products
+    from :func:`jvp_product` / :func:`transpose_product` with S = 1.
     """
     n = lin.r.shape[0]
     full = lin.rows(0, n_full)
     blocks = layer_blocks(full)
+    offsets = layer_offsets(lin)
     k_ff = kernel_lower_from_jacobian(blocks, n_blocks, mirror=False)
+
+    def jv_full(v):
+        return sum(j @ v[c0:c1] for j, (c0, c1) in zip(blocks, offsets))
+
+    def jtu_full(u):
+        return jnp.concatenate([j.T @ u for j in blocks])
+
     if n_full == n:
-        return k_ff
+        return KernelProducts(k_ff, jv_full, jtu_full)
     value = lin.rows(n_full, n).value_channel()
     k_vf = kernel_block(value, full, None, blocks)
     k_vv = kernel_block(value, value)
     zeros = jnp.zeros((n_full, n - n_full), k_ff.dtype)
-    return jnp.block([[k_ff, zeros], [k_vf, k_vv]])
+    kernel = jnp.block([[k_ff, zeros], [k_vf, k_vv]])
+    return KernelProducts(
+        kernel,
+        lambda v: jnp.concatenate([jv_full(v), jvp_product(value, v)]),
+        lambda u: jtu_full(u[:n_full]) + transpose_product(value, u[n_full:]))
 
 
 def jvp_product(lin: Linearization, v):

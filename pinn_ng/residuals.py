@@ -309,9 +309,7 @@ def _structured(problem: Problem):
 
     def sample_space(params, batch):
         lin, n_i = linearize_all(params, batch)
-        return SampleSpace(lin.r, channels.kernel_lower(lin, n_i),
-                           lambda v: channels.jvp_product(lin, v),
-                           lambda u: channels.transpose_product(lin, u))
+        return SampleSpace(lin.r, *channels.kernel_products(lin, n_i))
 
     return residual, rows, residual_and_jacobian, sample_space
 
@@ -359,9 +357,13 @@ class ResidualFn:
                 r_b, j_b = rows(params, batch.boundary, "boundary", s_b)
                 return jnp.concatenate([r_i, r_b]), jnp.concatenate([j_i, j_b], axis=0)
 
-        if sample_space is None:
+        if sample_space is None:  # from J: r, J and K in one compiled function
+            jacobian_kernel = jax.jit(lambda p, b: (lambda r, j: (
+                r, j, kernel_lower_from_jacobian(j, mirror=False)))(*residual_and_jacobian(p, b)))
+
             def sample_space(params, batch):
-                return sample_space_of_jacobian(*residual_and_jacobian(params, batch))
+                r, jac, kernel = jacobian_kernel(params, batch)
+                return SampleSpace(r, kernel, lambda v: jac @ v, lambda u: jac.T @ u)
 
         jvp, vjp, linearize = _products(residual)
         self._residual = jax.jit(residual)

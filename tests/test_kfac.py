@@ -300,7 +300,7 @@ def test_batch_every_reuses_batches():
 
 def test_needs_an_mlp_and_valid_options():
     """One clear error for a network without channels, an unknown approximation, β = 1."""
-    problem, _, rf, _, _ = setup("poisson2d", (3,))
+    problem, _, rf, params, _ = setup("poisson2d", (3,))
     plain = ResidualFn(problem, lambda p, x: models.mlp((2, 3, 1)).apply(p, x), method="folx")
     for name in ("kfac", "kfac_star"):
         with pytest.raises(ValueError, match="pinn_ng.models.mlp"):
@@ -310,3 +310,7 @@ def test_needs_an_mlp_and_valid_options():
         optim.kfac(rf, 1e-3, 0.5, approximation="full")
     with pytest.raises(ValueError, match="ema_decay"):
         optim.kfac_star(rf, 1e-3, ema_decay=1.0)
+    # λ, μ and β become state under inject_hyperparams (a sweep does not recompile)
+    state = optim.inject_hyperparams(optim.kfac)(rf, damping=1e-3, momentum=0.5,
+                                                 ema_decay=0.9).init(params)
+    assert {"damping", "momentum", "ema_decay"} <= set(state.hyperparams)

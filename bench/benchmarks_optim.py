@@ -43,6 +43,9 @@ OPTIMIZERS = {
                                                 "solver": "nystrom", "sketch_size": 0.1}),
     "engd_woodbury_nystrom_gpu": ("engd_woodbury", {"damping": 1e-7, "learning_rate": ETA,
                                                     "solver": "nystrom_gpu", "sketch_size": 0.1}),
+    # KFAC for PINNs at the KFAC paper's best 5d values (issue 11)
+    "kfac": ("kfac", {"damping": 1.2e-12, "momentum": 0.906, "ema_decay": 0.959}),
+    "kfac_star": ("kfac_star", {"damping": 2.8e-10, "ema_decay": 0.9}),
 }
 
 _STEP_SIZES = {
@@ -131,6 +134,31 @@ class EngdOverWoodbury:
         return t[0].median / t[1].median
 
     track_engd_over_engd_woodbury.unit = "ratio"
+
+
+class KfacOverWoodbury:
+    """KFAC (line search) and KFAC* seconds per step over ENGD-W's (line search) at the paper's
+    5d size, timed round-robin (issue 11: KFAC* ≤ 0.3x an ENGD-W step on a CPU at 5d)."""
+
+    timeout = 1200
+
+    def setup(self):
+        s = _RATIO_SIZE[_q()]
+        net = _cases.build_net(s.problem)
+        self.cases = [step_case(net, s, label)
+                      for label in ("engd_woodbury_line_search", "kfac", "kfac_star")]
+        for case in self.cases:
+            case.compile().verify()
+        self.t = interleaved_timings(self.cases, repeats=3, max_seconds=120, warmup=0)
+
+    def track_kfac_over_engd_woodbury(self):
+        return self.t[1].median / self.t[0].median
+
+    def track_kfac_star_over_engd_woodbury(self):
+        return self.t[2].median / self.t[0].median
+
+    track_kfac_over_engd_woodbury.unit = "ratio"
+    track_kfac_star_over_engd_woodbury.unit = "ratio"
 
 
 class Kernel:

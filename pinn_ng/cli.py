@@ -118,7 +118,8 @@ def _cmd_run(args) -> int:
              "n_interior": args.n_interior, "n_boundary": args.n_boundary,
              "max_steps": args.max_steps, "max_seconds": args.max_seconds,
              "eval_every": args.eval_every, "data_seed": args.data_seed,
-             "model_seed": args.model_seed, "dtype": args.dtype}
+             "model_seed": args.model_seed, "dtype": args.dtype,
+             "batch_every": args.batch_every}
     if args.widths:
         flags["widths"] = _widths(args.widths)
     spec.update({k: v for k, v in flags.items() if v is not None})
@@ -371,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-steps", type=int, help="step budget")
     sp.add_argument("--max-seconds", type=float, help="budget in timed seconds")
     sp.add_argument("--eval-every", type=int, help="evaluate every k steps (default 10)")
+    sp.add_argument("--batch-every", type=int, help="keep each batch for k steps (default 1: "
+                    "a fresh batch every step)")
     sp.add_argument("--data-seed", type=int, help="batch seed (default 0)")
     sp.add_argument("--model-seed", type=int, help="initialisation seed (default 1)")
     sp.add_argument("--dtype", choices=["float64", "float32"], help="default float64")

@@ -246,15 +246,34 @@ def _per_point(problem: Problem, apply: Callable, method: str):
     return residual, rows
 
 
-def _structured(problem: Problem):
-    """(residual, rows) of a tanh MLP from its forward-Laplacian channels, whole batches."""
-    lap_dims = problem.lap_dims
+def _jet_residuals(problem: Problem):
+    """(interior_of_jet, boundary_of_value): unscaled residuals of whole batches from the
+    channels' jet (interior) or value (boundary), as :func:`pinn_ng.channels.linearize` takes."""
 
     def interior_of_jet(jet, x):
         return jax.vmap(problem.interior_jet_fn)(jet.value, jet.grad, jet.laplacian, x)
 
     def boundary_of_value(value, x):
         return value - jax.vmap(problem.exact_fn)(x)
+
+    return interior_of_jet, boundary_of_value
+
+
+def linearize_by_kind(problem: Problem, params, batch: Batch):
+    """(interior, boundary) :class:`pinn_ng.channels.Linearization` of a tanh MLP: the
+    interior points with every channel, the boundary points with the value channel only,
+    each row scaled as in r.  What KFAC builds its Kronecker factors from."""
+    interior_of_jet, boundary_of_value = _jet_residuals(problem)
+    s_i, s_b = row_scales(batch.interior.shape[0], batch.boundary.shape[0])
+    lin_i = channels.linearize(params, batch.interior, problem.lap_dims, interior_of_jet, s_i)
+    lin_b = channels.linearize(params, batch.boundary, None, boundary_of_value, s_b)
+    return lin_i, lin_b
+
+
+def _structured(problem: Problem):
+    """(residual, rows) of a tanh MLP from its forward-Laplacian channels, whole batches."""
+    lap_dims = problem.lap_dims
+    interior_of_jet, boundary_of_value = _jet_residuals(problem)
 
     def residual(params, batch):
         problem.check_batch(batch)
@@ -410,6 +429,15 @@ class ResidualFn:
         """
         self._check(params, batch)
         return self._linearize(params, batch)
+
+    def channel_linearizations(self, params, batch: Batch):
+        """(interior, boundary) channels of the batch (:func:`linearize_by_kind`); only for
+        ``pinn_ng.models.mlp`` networks.  Not jitted by itself: call it inside a jitted step."""
+        if channels.tanh_mlp_widths(self.apply) is None:
+            raise ValueError("channel_linearizations needs a pinn_ng.models.mlp network "
+                             "(apply without tanh_mlp_widths)")
+        self.problem.check_batch(batch)
+        return linearize_by_kind(self.problem, params, batch)
 
     def point_jacobian(self, params, points, kind: str, scale: float):
         """(r_rows, J_rows) for a block of ``kind`` points, each row multiplied by ``scale``."""

@@ -68,7 +68,8 @@ CASES = [
     ("problem_unknown", run("--problem", "poisson7d"), {}, ["poisson7d", "poisson5d"]),
     ("optimizer_unknown", run("--optimizer", "adamw"), {}, ["adamw", "engd_woodbury",
                                                             "spring"]),
-    ("optimizer_planned", run("--optimizer", "kfac"), {}, ["kfac", "planned"]),
+    ("kfac_missing_momentum", run("--optimizer", "kfac"), {}, ["kfac", "momentum"]),
+    ("batch_every_zero", run("--batch-every", "0"), {}, ["batch_every", "0", "positive"]),
     # ------------------------------------------------------------------ hyper-parameters
     ("hparam_misspelt", SPRING + ["--hparam", "dampng=1e-7"], {}, ["dampng", "spring"]),
     ("hparam_without_equals", run("--hparam", "damping"), {}, ["--hparam", "damping",

@@ -615,8 +615,8 @@ def test_registry_errors():
         optim.make("engd_w", None)
     for name in optim.names():
         assert name in str(err.value)
-    with pytest.raises(NotImplementedError, match="KFAC"):
-        optim.make("kfac", None)
+    with pytest.raises(ValueError, match="pinn_ng.models.mlp"):  # KFAC needs the channels
+        optim.make("kfac", lambda p, b: None, damping=1e-3, momentum=0.5)
     assert optim.uses_grads("adam") and not optim.uses_grads("spring")
 
 

@@ -12,16 +12,17 @@ matrix-free products) or any callable ``(params, batch) -> r`` (J then falls bac
 **Blocks.**  Each natural-gradient optimizer is an ``optax.chain`` of a *direction* block and
 a *step-size* block, like optax's own aliases (``adam = chain(scale_by_adam, scale_by_lr)``):
 
-- directions: :func:`scale_by_engd`, :func:`scale_by_engd_woodbury`, :func:`scale_by_spring`
-  (the preconditioned direction φ as a pytree, uphill like a gradient).  They build φ from r
-  and J, so they come first in a chain and take ``updates=None`` (anything else raises);
+- directions: :func:`scale_by_engd`, :func:`scale_by_engd_woodbury`, :func:`scale_by_spring`,
+  :func:`scale_by_kfac` (the preconditioned direction φ as a pytree, uphill like a gradient).
+  They build φ from r and J, so they come first in a chain and take ``updates=None`` (anything else raises);
 - step sizes: ``optax.scale_by_learning_rate(η)`` (a number or a schedule),
   :func:`scale_by_grid_line_search`, :func:`scale_by_norm_constraint` (SPRING's cap);
   :func:`step_size_chain` combines them as the paper's reference code does.
 
 ``engd = chain(scale_by_engd, step)``, ``engd_woodbury = chain(scale_by_engd_woodbury, step)``,
-``spring = chain(scale_by_spring, step)``.  Damping, momentum, η and C accept numbers, arrays
-and ``optax`` schedules; :func:`inject_hyperparams` makes them state, so a sweep over λ does
+``spring = chain(scale_by_spring, step)``, ``kfac = chain(scale_by_kfac, optax.trace(μ),
+line search)``, ``kfac_star = chain(scale_by_kfac, scale_by_kfac_star)`` (:mod:`.kfac`).
+Damping, momentum, η and C accept numbers, arrays and ``optax`` schedules; :func:`inject_hyperparams` makes them state, so a sweep over λ does
 not recompile.  :func:`diagnostics` reads the per-step scalars out of any chained or wrapped
 state (``optax.tree_utils.tree_get``).  Where each path pays:
 
@@ -48,6 +49,7 @@ from .baselines import adam, lbfgs, sgd
 from .common import EVENT_FIELDS, Diagnostics
 from .engd import engd, scale_by_engd
 from .hessian_free import hessian_free
+from .kfac import kfac, kfac_star, scale_by_kfac, scale_by_kfac_star
 from .step_size import (grid_line_search, scale_by_grid_line_search, scale_by_norm_constraint,
                         step_size_chain)
 from .woodbury import engd_woodbury, scale_by_engd_woodbury, scale_by_spring, spring
@@ -66,11 +68,14 @@ _REGISTRY = {
     "engd": _Spec(engd, False),
     "engd_woodbury": _Spec(engd_woodbury, False),
     "spring": _Spec(spring, False),
+    "kfac": _Spec(kfac, False),
+    "kfac_star": _Spec(kfac_star, False),
 }
-_PLANNED = {"kfac": "KFAC for PINNs (Dangel, Müller & Zeinhofer 2024) is planned, not implemented"}
+#: Optimizers that are named but not built yet: ``make`` explains instead of "unknown".
+_PLANNED: dict[str, str] = {}
 
 #: Arguments that :func:`inject_hyperparams` turns into state (numbers or schedules).
-HYPERPARAMS = ("damping", "momentum", "learning_rate", "norm_constraint")
+HYPERPARAMS = ("damping", "momentum", "learning_rate", "norm_constraint", "ema_decay")
 
 
 def names() -> list[str]:
@@ -185,12 +190,16 @@ __all__ = [
     "hessian_free",
     "hyperparameters",
     "inject_hyperparams",
+    "kfac",
+    "kfac_star",
     "lbfgs",
     "make",
     "names",
     "scale_by_engd",
     "scale_by_engd_woodbury",
     "scale_by_grid_line_search",
+    "scale_by_kfac",
+    "scale_by_kfac_star",
     "scale_by_norm_constraint",
     "scale_by_spring",
     "sgd",

@@ -288,6 +288,15 @@ def _check_widths(problem, widths, where: str) -> None:
             f"and the last 1")
 
 
+def _batch_every(opt: dict, problem: str) -> int:
+    """Steps per batch of an optimizer label on ``problem``: its ``batch_every`` (a number,
+    or ``{problem: number}`` with absent problems at 1), default 1."""
+    value = opt.get("batch_every", 1)
+    if isinstance(value, dict):
+        value = value.get(problem, 1)
+    return int(value)
+
+
 def _hparams(opt: dict, problem: str, n: int) -> dict:
     hp = dict(opt.get("hparams") or {})
     hp.update((opt.get("per_problem") or {}).get(problem) or {})
@@ -534,6 +543,9 @@ def plan(config: dict, schema_path=None, check_optimizers: bool = True) -> Plan:
                             "max_steps": steps, "max_seconds": run_seconds,
                             "eval_every": eval_every, "dtype": config["dtype"],
                         }
+                        batch_every = _batch_every(opt, pname)
+                        if batch_every != 1:  # absent when 1: earlier run ids stay valid
+                            spec["batch_every"] = batch_every
                         rid = run_id(spec)
                         out.runs[rid] = spec
                         if rid not in ids:

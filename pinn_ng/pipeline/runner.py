@@ -26,6 +26,7 @@ SPEC_DEFAULTS = {
     "max_seconds": None,
     "eval_every": 10,
     "dtype": "float64",
+    "batch_every": 1,  # steps per batch (1: a fresh batch every step; pinn_ng.train)
 }
 #: Spellings of the two precisions a run accepts (pinn_ng.precision).
 DTYPES = ("float64", "float32", "f64", "f32", "double", "single")
@@ -112,6 +113,7 @@ def complete_spec(spec: dict) -> dict:
             out[key] = getattr(problem, key)
         _check_int(out, key, 1, "a positive integer (points per step)")
     _check_int(out, "eval_every", 1, "a positive integer (steps between evaluations)")
+    _check_int(out, "batch_every", 1, "a positive integer (steps per batch)")
     for key in ("data_seed", "model_seed", "replicate"):
         _check_int(out, key, 0, "an integer >= 0")
     if out["max_steps"] is None and out["max_seconds"] is None:
@@ -180,7 +182,7 @@ def run(spec: dict, out_dir, progress=None) -> dict:
             n_interior=spec["n_interior"], n_boundary=spec["n_boundary"],
             max_steps=spec["max_steps"], max_seconds=spec["max_seconds"],
             eval_every=spec["eval_every"], data_seed=spec["data_seed"], dtype=dtype,
-            progress=progress)
+            batch_every=spec["batch_every"], progress=progress)
     except Exception as err:  # noqa: BLE001 - only out-of-memory is a result, see below
         # Running out of device memory is an outcome worth recording (PAPER.md: "ENGD runs
         # out of memory" on 10d), not a pipeline failure; anything else is a bug and raises.

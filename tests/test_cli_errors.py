@@ -139,8 +139,8 @@ CASES = [
      {"t.yaml": "tuning:\n  spaces:\n    adamm:\n      space: {learning_rate: "
                 "{uniform: [0.1, 1.0]}}\n"}, ["tuning.spaces.adamm", "adam", "engd_w"]),
     ("plan_study_unknown_optimizer", ["plan", "smoke", "{tmp}/t.yaml"],
-     {"t.yaml": "tuning:\n  studies:\n    tunesmoke: {optimizers: [kfac]}\n"},
-     ["tuning.studies.tunesmoke.optimizers[0]", "kfac", "planned"]),
+     {"t.yaml": "tuning:\n  studies:\n    tunesmoke: {optimizers: [kfak]}\n"},
+     ["tuning.studies.tunesmoke.optimizers[0]", "kfak"]),
     ("tune_trials_no_study", ["tune", "trials", "--study", "{tmp}/none.json", "--stage", "1",
                               "--out", "{out}"], {}, ["none.json", "study"]),
     ("tune_trial_unknown", ["tune", "trial", "--trials", "{tmp}/t.csv", "--trial", "x",

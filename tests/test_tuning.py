@@ -223,7 +223,7 @@ def test_a_failing_trial_is_recorded_and_an_interrupted_one_is_not(tmp_path, cap
 # ------------------------------------------------------------------------------ presets
 
 
-def test_shipped_spaces_are_the_papers_and_kfac_waits_for_its_optimizer():
+def test_shipped_spaces_are_the_papers_and_kfacs():
     cfg = preset()
     spaces = cfg["tuning"]["spaces"]
     assert pcfg._space(cfg, "adam")[0].to_json() == {"loguniform": [1e-4, 0.5]}
@@ -232,11 +232,11 @@ def test_shipped_spaces_are_the_papers_and_kfac_waits_for_its_optimizer():
         "learning_rate": {"loguniform": [1e-4, 1e-1]}}
     assert pcfg._space(cfg, "engd_w", "poisson100d")[0].values == (1e-10, 1e-1)
     assert pcfg._space(cfg, "engd_w", "poisson5d")[0].values == (1e-15, 1e-5)
-    assert "kfac" in spaces and "kfac" not in cfg["optimizers"]
-    with pytest.raises(pcfg.ConfigError, match=r"tuning.studies.t.optimizers\[0\].*planned"):
-        pcfg.plan(preset({"tuning": {"studies": {"t": {
-            "problems": ["poisson2d"], "optimizers": ["kfac"], "trials": [2],
-            "budget": {"steps": 2}}}}}), check_optimizers=False)
+    assert "kfac" in spaces and "kfac" in cfg["optimizers"]
+    kfac_study = pcfg.plan(preset({"tuning": {"studies": {"t": {
+        "problems": ["poisson2d"], "optimizers": ["kfac"], "trials": [2],
+        "budget": {"steps": 2}}}}}), check_optimizers=False).studies["t"]
+    assert [d.name for d in kfac_study.searches[0].dims] == ["ema_decay", "momentum", "damping"]
     smoke = pcfg.plan(preset(REPO / "config" / "smoke.yaml"), check_optimizers=False)
     (study,) = smoke.studies.values()
     assert len(study.searches) == 2 and {s.n_trials(1) for s in study.searches} == {3}
@@ -247,28 +247,14 @@ def test_shipped_spaces_are_the_papers_and_kfac_waits_for_its_optimizer():
     assert any("poisson5d 1158.89 h" in ln for ln in lines)  # (5·100 + 2·48) × 7000 s
 
 
-def test_a_space_may_wait_for_its_label_under_an_optimizer_name(monkeypatch):
-    """As KFAC's does: keyed by the optimizer's name, checked for its form while the optimizer
-    is planned, for its hyper-parameters' names once it exists."""
-    from pinn_ng import optim
-
+def test_a_space_keyed_by_an_optimizer_name_checks_its_hyperparameters():
+    """As KFAC's: keyed by the optimizer's name (no label of that name needed); its names are
+    checked against the optimizer's signature."""
     space = {"tuning": {"spaces": {"kfac": {"space": {"ema": {"uniform": [0.5, 0.99]}}}}}}
-    pcfg.plan(preset(space), check_optimizers=False)  # planned: form only
-
-    def kfac(residual_fn, damping=1e-10, ema_factor=0.95):
-        raise AssertionError("not built while planning")
-
-    monkeypatch.setitem(optim._REGISTRY, "kfac", optim._Spec(kfac, False))
-    monkeypatch.delitem(optim._PLANNED, "kfac")
     with pytest.raises(pcfg.ConfigError, match="tuning.spaces.kfac.space.ema: optimizer 'kfac' "
                                                "has no hyper-parameter 'ema'; valid: damping, "
-                                               "ema_factor"):
+                                               "momentum, ema_decay"):
         pcfg.plan(preset(space), check_optimizers=False)
-
-    def kfac_named_as_the_space(residual_fn, damping=1e-10, momentum=0.0, ema=0.95):
-        raise AssertionError("not built while planning")
-
-    monkeypatch.setitem(optim._REGISTRY, "kfac", optim._Spec(kfac_named_as_the_space, False))
     pcfg.plan(preset(), check_optimizers=False)  # the shipped KFAC space, names checked
 
 

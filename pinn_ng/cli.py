@@ -324,9 +324,11 @@ def _cmd_tune_final(args) -> int:
     args.spec = json.dumps(spec)
     for key in ("problem", "optimizer", "label", "n_interior", "n_boundary", "max_steps",
                 "max_seconds", "eval_every", "data_seed", "model_seed", "dtype", "widths",
-                "hparam"):
-        setattr(args, key, None)
+                "hparam", "batch_every"):
+        setattr(args, key, None)  # the spec says it all (batch_every included, if not 1)
     args.no_progress = True
+    if getattr(args, "device", None) is None:
+        args.device = "any"
     return _cmd_run(args)
 
 

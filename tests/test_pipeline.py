@@ -189,9 +189,9 @@ def test_experiment_replicates_override_the_top_level():
 
 
 def _record(runs_dir, name, *, replicate, final_l2, events="absent", label="engd_w",
-            l2s=None, steps=10):
+            l2s=None, steps=10, problem="poisson2d"):
     """A hand-written run record, as `pinn-ng run` writes it (only the keys gather reads)."""
-    spec = {"problem": "poisson2d", "label": label, "display": label.upper(),
+    spec = {"problem": problem, "label": label, "display": label.upper(),
             "optimizer": "engd_woodbury", "hparams": {"damping": 1e-8}, "widths": [2, 6, 1],
             "n_interior": 20, "n_boundary": 8, "replicate": replicate,
             "data_seed": replicate, "model_seed": 1 + replicate, "max_steps": steps,
@@ -270,6 +270,38 @@ def test_convergence_figure_with_replicates(tmp_path):
         labels = ax.get_legend_handles_labels()[1]
         assert labels == ["ENGD_W (median, min–max of 3)", "OTHER"]
         assert len(ax.collections) == 1  # one band: the optimizer with replicates
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("problem", ["poisson5d", "poisson100d", "heat4d", "logfp9d"])
+def test_convergence_figure_draws_the_published_kfac_star_line(tmp_path, problem):
+    """Figure 3: our KFAC / KFAC* curves next to the published KFAC* final error (dashed)."""
+    runs = tmp_path / "runs"
+    _record(runs, "k", replicate=0, final_l2=1e-3, label="kfac_star", problem=problem)
+    _record(runs, "s", replicate=0, final_l2=2e-3, label="spring", problem=problem)
+    gather.gather(runs, tmp_path, {"experiments": {"convergence": ["k", "s"]}})
+    plt, _ = figures._setup()
+    tables = figures.load(tmp_path)
+    fig = figures.fig_convergence(tables, plt, None, figures._palette(tables), problem)
+    want = figures.PUBLISHED_KFAC_STAR_L2[problem][0]
+    for ax in fig.axes:
+        handles, labels = ax.get_legend_handles_labels()
+        assert labels[:2] == ["KFAC_STAR", "SPRING"]
+        ref = [h for h, lab in zip(handles, labels) if lab.startswith("KFAC* published")]
+        assert len(ref) == 1 and ref[0].get_linestyle() == "--"
+        assert ref[0].get_ydata()[0] == want and f"{want:.2e}" in labels[-1]
+    plt.close(fig)
+
+
+def test_convergence_figure_has_no_published_line_where_the_paper_has_none(tmp_path):
+    runs = tmp_path / "runs"
+    _record(runs, "a", replicate=0, final_l2=1e-3)
+    gather.gather(runs, tmp_path, {"experiments": {"convergence": ["a"]}})
+    plt, _ = figures._setup()
+    tables = figures.load(tmp_path)
+    fig = figures.fig_convergence(tables, plt, None, figures._palette(tables), "poisson2d")
+    assert all("published" not in lab for ax in fig.axes
+               for lab in ax.get_legend_handles_labels()[1])
     plt.close(fig)
 
 

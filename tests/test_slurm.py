@@ -188,7 +188,22 @@ def test_each_run_is_one_slurm_job_with_its_budget_time_limit(smoke):
     table = jobs[jobs.Comment == "rule_nystrom_table"]
     assert len(table) == 1 and "gres/gpu=1" in table.AllocTRES.iloc[0]
     assert _minutes(table.Timelimit.iloc[0]) == 60  # the profile's runtime for it
-    others = jobs[~jobs.index.isin(runs.index) & ~jobs.index.isin(table.index)]
+    # the tuning stage: every trial and every tuned run its own job on one GPU (no groups)
+    trials = jobs[jobs.Comment.str.startswith("rule_tune_trial_wildcards_")]
+    tuned = jobs[jobs.Comment.str.startswith("rule_tuned_run_wildcards_")]
+    want = sorted(t for st in plan.studies.values() for k in st.stages for t in st.trial_ids(k))
+    # the comment is rule_tune_trial_wildcards_<study>_<stage>_<trial>: one job per trial
+    assert sorted(t for c in trials.Comment for t in want if c.endswith(f"_{t}")) == want, \
+        trials
+    assert len(trials) == len(want), trials
+    assert sorted(tuned.Comment.str.removeprefix("rule_tuned_run_wildcards_")) == \
+        sorted(plan.tuned), tuned
+    assert len(want) == 12 and len(plan.tuned) == 4  # config/smoke.yaml's study
+    for part in (trials, tuned):
+        assert part.AllocTRES.str.contains("gres/gpu=1").all(), part
+    gpu = runs.index.union(table.index).union(trials.index).union(tuned.index)
+    others = jobs[~jobs.index.isin(gpu)]
+    assert len(others) > 0
     assert not others.AllocTRES.str.contains("gres/gpu").any()  # tables, figures: no GPU
 
 
@@ -210,7 +225,7 @@ def test_tables_and_figures_equal_a_local_run_but_for_timings(smoke):
     assert {"final_l2", "best_l2", "steps"} <= set(summary.columns)  # not all "timings"
     figs = sorted(p.name for p in (root / "slurm" / "figures").glob("*.png"))
     assert figs == sorted(p.name for p in (root / "local" / "figures").glob("*.png"))
-    assert len(figs) == 4
+    assert len(figs) == 6  # 4 of the experiments, 2 of the tuning study
     from PIL import Image
 
     for fig in figs:  # drawn from the same tables but for the time axes: same canvas
@@ -229,10 +244,10 @@ def test_a_run_killed_by_its_time_limit_is_reported_and_rerun(cluster, tmp_path)
     preset = tmp_path / "long.yaml"
     preset.write_text(yaml.safe_dump({
         "experiments": {"convergence": {"problems": ["poisson2d"], "optimizers": ["adam"],
-                                        "replicates": 1,
+                                        "replicates": 1, "tuned": [],
                                         "budget": {"steps": None, "seconds": 240}},
                         "scaling": None, "nystrom": None, "effective_dimension": None},
-        "nystrom_table": None}))
+        "nystrom_table": None, "tuning": {"studies": {"tunesmoke": None}}}))
     args = ["--configfile", str(SMOKE), str(preset)]
     plan = pcfg.plan(pcfg.merge(pcfg.merge(pcfg.load_yaml(REPO / "config" / "default.yaml"),
                                            pcfg.load_yaml(SMOKE)), pcfg.load_yaml(preset)),

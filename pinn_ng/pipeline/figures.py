@@ -8,7 +8,8 @@ Each figure uses the runs of one experiment (``experiments.csv``):
   batch, one line per optimizer; ENGD / ENGD-W ratios written at each N (PAPER.md: "> 30×").
   Seconds per step are each run's median over its steps where the record has it, else the mean.
 - ``convergence_<problem>``: L2 error against wall-clock time and against steps (paper figs 2, 3);
-  with several replicates per optimizer, their median and a min–max band (:func:`replicate_band`).
+  with several replicates per optimizer, their median and a min–max band (:func:`replicate_band`);
+  on Poisson 5d/100d, heat and log-FP the published KFAC* final error as a dashed line (fig 3).
 - ``nystrom_<problem>``: exact vs standard vs GPU-efficient Nyström at each N (figs 4, 5); a
   panel where no sketched run lowered its L2 error says so (the budget is too small to show
   the paper's effect).
@@ -206,6 +207,22 @@ def replicate_band(runs: list, x: str, y: str = "l2"):
             10 ** logs.max(axis=0))
 
 
+#: The ENGD-W paper's figure 3 reference lines: KFAC*'s final L2 errors from the logged runs of
+#: the KFAC-for-PINNs paper (Dangel, Müller & Zeinhofer 2024), drawn dashed (5d: a wider net,
+#: P = 116,865, than the paper's 5d net).
+PUBLISHED_KFAC_STAR_L2 = {"poisson5d": (1.73e-4, "P = 116,865"), "poisson100d": (4.30e-3, ""),
+                          "heat4d": (2.11e-5, ""), "logfp9d": (2.60e-2, "")}
+
+
+def _published_reference(ax, problem):
+    """The published KFAC* final error of ``problem`` as a labelled dashed line, if any."""
+    if problem not in PUBLISHED_KFAC_STAR_L2:
+        return
+    l2, note = PUBLISHED_KFAC_STAR_L2[problem]
+    ax.axhline(l2, color="0.25", linestyle="--", linewidth=1.1,
+               label=f"KFAC* published final ({l2:.2e}{', ' + note if note else ''})")
+
+
 def fig_convergence(tables, plt, sns, palette, problem):
     summ, curves = _runs(tables, "convergence", problem)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -228,6 +245,7 @@ def fig_convergence(tables, plt, sns, palette, problem):
             # the title says how many seeds when every optimizer has the same number
             ax.plot(grid, med, color=color, linewidth=1.4, label=display if n_reps.nunique()
                     == 1 else f"{display} (median, min–max of {n_reps[display]})")
+        _published_reference(ax, problem)
         ax.set(yscale="log", xlabel=xlabel, ylabel="L2 error (RMS)")
         if x == "step":  # first-order methods take 100× more steps: symmetric log axis
             ax.set_xscale("symlog", linthresh=10)

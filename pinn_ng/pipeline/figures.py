@@ -220,12 +220,12 @@ def _published_reference(ax, problem):
         return
     l2, note = PUBLISHED_KFAC_STAR_L2[problem]
     ax.axhline(l2, color="0.25", linestyle="--", linewidth=1.1,
-               label=f"KFAC* published final ({l2:.2e}{', ' + note if note else ''})")
+               label=f"KFAC* published final\n({l2:.2e}{', ' + note if note else ''})")
 
 
 def fig_convergence(tables, plt, sns, palette, problem):
     summ, curves = _runs(tables, "convergence", problem)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 3.8))
     data = curves[np.isfinite(curves.l2) & (curves.l2 > 0)]
     order = [h for h in palette if h in set(data["display"])]
     n_reps = summ.groupby("display").run_id.nunique()
@@ -250,7 +250,9 @@ def fig_convergence(tables, plt, sns, palette, problem):
         if x == "step":  # first-order methods take 100× more steps: symmetric log axis
             ax.set_xscale("symlog", linthresh=10)
             ax.set_xlim(left=0)  # steps are >= 0: no negative half of the symlog axis
-        ax.legend(title=None, fontsize=7)
+    # one legend for both panels, beside them: inside, it hid parts of the curves
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="center left",
+               bbox_to_anchor=(0.795, 0.5), fontsize=8, frameon=False)
     ns = sorted(set(summ.N))
     ps = sorted(set(summ.P))
     reps = sorted(set(n_reps))
@@ -258,7 +260,7 @@ def fig_convergence(tables, plt, sns, palette, problem):
         f"\n{'/'.join(map(str, reps))} seeds per optimizer: median (line) and min–max (band)")
     fig.suptitle(f"{problem}: L2 error, N = {', '.join(map(str, ns))}, "
                  f"P = {', '.join(f'{p:,}' for p in ps)}{rep_text}")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.79, 1))
     return fig
 
 

@@ -411,7 +411,7 @@ def test_smoke_pipeline_end_to_end(smoke):
 
 
 def test_smoke_tuning_study(smoke, tmp_path):
-    """The smoke preset's study: 2 optimizers × (3 + 3) trials, best.json, the table, the
+    """The smoke preset's study: 2 optimizers × (2 + 2) trials, best.json, the table, the
     tuned final runs in the convergence experiment, the figures."""
     work, plan, _ = smoke
     tdir = work / "results" / "tuning" / "tunesmoke"
@@ -421,9 +421,9 @@ def test_smoke_tuning_study(smoke, tmp_path):
         tuning.trials_csv(tuning.trial_rows(study, 1))
     best = json.loads((tdir / "best.json").read_text())
     assert [(s["label"], s["trials"], s["failed"]) for s in best["searches"]] == \
-        [("adam", 6, 0), ("engd_w", 6, 0)]
+        [("adam", 4, 0), ("engd_w", 4, 0)]
     results = pd.read_csv(tdir / "results.csv")
-    assert len(results) == 12 and sorted(set(results.stage)) == [1, 2]
+    assert len(results) == 8 and sorted(set(results.stage)) == [1, 2]
     stage2 = tuning.read_trials(tdir / "stage2" / "trials.csv")
     for s in best["searches"]:
         assert s["best"] is not None and s["stage2_space"] is not None

@@ -198,7 +198,7 @@ def test_each_run_is_one_slurm_job_with_its_budget_time_limit(smoke):
     assert len(trials) == len(want), trials
     assert sorted(tuned.Comment.str.removeprefix("rule_tuned_run_wildcards_")) == \
         sorted(plan.tuned), tuned
-    assert len(want) == 12 and len(plan.tuned) == 4  # config/smoke.yaml's study
+    assert len(want) == 8 and len(plan.tuned) == 4  # config/smoke.yaml's study
     for part in (trials, tuned):
         assert part.AllocTRES.str.contains("gres/gpu=1").all(), part
     gpu = runs.index.union(table.index).union(trials.index).union(tuned.index)

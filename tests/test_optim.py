@@ -32,9 +32,12 @@ VARIANT_SEEDS = [pytest.param("jit", s, id=f"jit-{s}") for s in SEEDS] + [
 
 
 #: (kind, variant, seed): as VARIANT_SEEDS for the fast residual; the plain (jax.jacrev)
-#: residual jitted only, since an eager step re-traces its jacrev (15–30 s a case).
+#: residual jitted only, since an eager step re-traces its jacrev (15–30 s a case).  The fast
+#: eager case is `slow` (opt in with -m slow): 20–35 s a case; the cheaper numerics tests
+#: (line search, Nyström, Hessian-free, the conftest ``variant`` ones) still run eagerly.
 KIND_VARIANT_SEEDS = [pytest.param("fast", "jit", s, id=f"fast-jit-{s}") for s in SEEDS] + [
-    pytest.param("fast", "eager", SEEDS[0], id=f"fast-eager-{SEEDS[0]}")] + [
+    pytest.param("fast", "eager", SEEDS[0], id=f"fast-eager-{SEEDS[0]}",
+                 marks=pytest.mark.slow)] + [
     pytest.param("plain", "jit", s, id=f"plain-jit-{s}") for s in SEEDS]
 
 

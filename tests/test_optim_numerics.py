@@ -28,11 +28,15 @@ SEEDS = [0, 1, 2]
 #: loops on every call, seconds each: as in test_optim.py)
 VARIANT_SEEDS = [pytest.param("jit", s, id=f"jit-{s}") for s in SEEDS] + [
     pytest.param("eager", SEEDS[0], id=f"eager-{SEEDS[0]}")]
+#: the same with the eager case `slow` (opt in with -m slow), for a test whose eager case
+#: costs 35–60 s
+VARIANT_SEEDS_SLOW_EAGER = VARIANT_SEEDS[:-1] + [
+    pytest.param("eager", SEEDS[0], id=f"eager-{SEEDS[0]}", marks=pytest.mark.slow)]
 
 
-def with_variant_and_seed(test):
+def with_variant_and_seed(test, seeds=VARIANT_SEEDS):
     test = pytest.mark.xdist_group(name=test.__name__)(test)
-    return pytest.mark.parametrize("variant,seed", VARIANT_SEEDS, indirect=["variant"])(test)
+    return pytest.mark.parametrize("variant,seed", seeds, indirect=["variant"])(test)
 
 
 @functools.lru_cache(maxsize=None)
@@ -232,7 +236,7 @@ def spring_dense_and_blocked(tiny):
 SPRING_LAMBDA = 1e-4
 
 
-@with_variant_and_seed
+@functools.partial(with_variant_and_seed, seeds=VARIANT_SEEDS_SLOW_EAGER)
 def test_blocked_kernel_with_momentum_matches_dense(tiny, spring_dense_and_blocked, variant, seed):
     """Several SPRING steps (μ = 0.7, fresh batch each): kernel="blocked" equals "dense"."""
     problem, init, apply, fast = tiny

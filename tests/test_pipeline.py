@@ -512,6 +512,7 @@ def test_killed_run_leaves_no_record_and_rerun_completes(smoke):
     assert sorted(summary.run_id) == sorted([*plan.runs, *plan.tuned])
 
 
+@pytest.mark.slow  # 30 s; the killed-run test above covers the same rerun logic for runs
 def test_killed_search_reruns_only_its_missing_trials(smoke):
     """A search killed during stage 2 (its last trials have no record): Snakemake reruns those
     trials only, not the tables, and selects the same best (6-step budgets: deterministic)."""

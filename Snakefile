@@ -41,6 +41,8 @@ RUNS = PLAN.runs
 DPI = PLAN.config.get("figure_dpi", 110)
 GPUS = int(PLAN.config.get("gpus_per_run", 0) or 0)
 DEVICE = PLAN.config.get("device", "any")
+# every job's JAX (runs, trials, the Nyström table) shares one persistent compilation cache
+os.environ.update(PLAN.compilation_cache_env())
 NYSTROM_TABLE = shlex.join([sys.executable, os.path.join(workflow.basedir, "bench",
                                                          "nystrom_table.py")])
 

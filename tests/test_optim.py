@@ -558,6 +558,9 @@ def test_nonfinite_residual_never_reaches_params(tiny):
         assert not np.isfinite(float(diag["loss"]))  # reported
 
 
+#: its eager case traces the blocked kernel's Python loop op by op (35-45 s): `slow`
+@pytest.mark.parametrize("variant", ["jit", pytest.param("eager", marks=pytest.mark.slow)],
+                         indirect=True)
 def test_blocked_kernel_matches_dense(tiny, variant):
     problem, init, apply, fast, plain = tiny
     params = init(jax.random.PRNGKey(0))

@@ -168,6 +168,19 @@ def test_overrides_from_command_line_are_coerced():
     assert conv[0]["max_seconds"] == 5.0
 
 
+def test_compilation_cache_env_from_the_preset(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    env = pcfg.plan(preset(REPO / "config" / "smoke.yaml")).compilation_cache_env()
+    assert env["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / ".cache" / "jax")  # absolute
+    assert env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "0"
+    assert int(env["JAX_COMPILATION_CACHE_MAX_SIZE"]) > 0  # > 0: JAX's file lock is on
+    for off in (None, "null"):  # `--config compilation_cache=null`
+        plan = pcfg.plan(preset(REPO / "config" / "smoke.yaml", {"compilation_cache": off}))
+        assert plan.compilation_cache_env() == {}
+    with pytest.raises(pcfg.ConfigError, match="compilation_cache"):
+        pcfg.plan(preset({"compilation_cache": 3}), check_optimizers=False)
+
+
 def test_experiment_replicates_override_the_top_level():
     cfg = preset(REPO / "config" / "smoke.yaml",
                  {"experiments": {"convergence": {"replicates": 3}}})
@@ -464,6 +477,30 @@ def test_snakemake_report_has_every_figure_and_table(smoke):
     # captions (report/*.rst), chosen per figure by the `figure` wildcard
     assert "Effective dimension of the damped kernel" in html
     assert "interpolated (linearly in log L2)" in html
+
+
+def test_runs_from_the_compilation_cache_equal_a_cold_compilation(smoke, tmp_path):
+    """The pipeline's jobs filled its cache; a run that reads its executables from there, and
+    one compiled from scratch, both repeat the pipeline's record of that run exactly."""
+    work, plan, _ = smoke
+    cache = work / ".cache" / "jax"
+    entries = sorted(p.name for p in cache.iterdir())
+    assert len(entries) > 10, entries
+    run_id = sorted(plan.runs)[0]
+    spec = json.dumps(plan.runs[run_id])
+    record = pd.read_csv(work / "results" / "runs" / run_id / "curve.csv")
+    clean = {k: v for k, v in ENV.items() if not k.startswith(("JAX_COMPILATION_CACHE",
+                                                                "JAX_PERSISTENT_CACHE"))}
+    cached = {**clean, **plan.compilation_cache_env(), "JAX_COMPILATION_CACHE_DIR": str(cache)}
+    for name, env in (("cold", clean), ("cached", cached)):
+        subprocess.run([sys.executable, "-m", "pinn_ng.cli", "run", "--no-progress", "--spec",
+                        spec, "--out", str(tmp_path / name)], cwd=work, env=env, check=True,
+                       capture_output=True)
+        curve = pd.read_csv(tmp_path / name / "curve.csv")
+        for col in ("loss", "l2", "step_size"):
+            assert curve[col].equals(record[col]), (name, col)  # NaN where NaN
+    # the cached run found every executable: it wrote no new entry
+    assert sorted(p.name for p in cache.iterdir()) == entries
 
 
 def test_figures_are_byte_identical_from_the_same_tables(smoke, tmp_path):

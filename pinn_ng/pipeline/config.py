@@ -39,6 +39,7 @@ import copy
 import hashlib
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,9 @@ class ConfigError(UserError):
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 #: The preset every other one overrides (as the Snakefile's ``configfile:``).
 DEFAULT_PRESET = "default"
+
+#: Size cap of the persistent compilation cache (JAX evicts the least recently used entries).
+COMPILATION_CACHE_MAX_BYTES = 4 * 2**30
 
 
 def default_schema_path() -> Path:
@@ -268,6 +272,25 @@ class Plan:
     def run_threads(self, cores: int) -> int:
         n = int(self.config.get("run_threads", 0) or 0)
         return max(1, min(n, cores)) if n else max(1, cores)
+
+    def compilation_cache_env(self) -> dict[str, str]:
+        """Environment that points every job's JAX at the preset's persistent compilation
+        cache (``compilation_cache``; none if it is null).
+
+        Runs of one grid compile the same programs (replicates, the same optimizer at one
+        size): a process that finds its executables there skips XLA's compilation (on this
+        2-core CPU, a smoke run's 3.5 s of compilation became 0.8 s).  Compilation is never
+        inside the timed steps, so only ``compile_seconds`` changes.  Every entry is kept,
+        however fast it compiled; the size cap turns on JAX's file lock, so that jobs running
+        side by side never read a half-written entry.
+        """
+        where = self.config.get("compilation_cache")
+        if not where:
+            return {}
+        return {"JAX_COMPILATION_CACHE_DIR": os.path.abspath(os.path.expanduser(str(where))),
+                "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+                "JAX_COMPILATION_CACHE_MAX_SIZE": str(COMPILATION_CACHE_MAX_BYTES)}
 
 
 def _problem_settings(config: dict, name: str):

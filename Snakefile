@@ -74,6 +74,9 @@ onstart:
             devices.require(DEVICE)
         except UserError as err:
             problem = f"pinn-ng preset: error: {err}"
+    cache_problem = None if problem else PLAN.compilation_cache_error()
+    if cache_problem:
+        problem = f"pinn-ng preset: error: {cache_problem}"
     if problem:
         print(problem, file=sys.stderr)
         sys.exit(2)

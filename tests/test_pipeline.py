@@ -179,6 +179,15 @@ def test_compilation_cache_env_from_the_preset(tmp_path, monkeypatch):
         assert plan.compilation_cache_env() == {}
     with pytest.raises(pcfg.ConfigError, match="compilation_cache"):
         pcfg.plan(preset({"compilation_cache": 3}), check_optimizers=False)
+    assert plan.compilation_cache_error() is None  # off: nothing to check
+    ok = pcfg.plan(preset(REPO / "config" / "smoke.yaml",
+                          {"compilation_cache": str(tmp_path / "c" / "jax")}))
+    assert ok.compilation_cache_error() is None and (tmp_path / "c" / "jax").is_dir()
+    (tmp_path / "file").write_text("")
+    bad = pcfg.plan(preset(REPO / "config" / "smoke.yaml",
+                           {"compilation_cache": str(tmp_path / "file" / "jax")}))
+    err = bad.compilation_cache_error()
+    assert "cannot be created" in err and "compilation_cache=null" in err and "\n" not in err
 
 
 def test_experiment_replicates_override_the_top_level():

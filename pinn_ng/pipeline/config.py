@@ -292,6 +292,23 @@ class Plan:
                 "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
                 "JAX_COMPILATION_CACHE_MAX_SIZE": str(COMPILATION_CACHE_MAX_BYTES)}
 
+    def compilation_cache_error(self) -> str | None:
+        """Why the compilation cache directory cannot be used (one line), or None.  Creates
+        it: call before the first job, never in a dry run.  (JAX itself would only warn, in
+        every job, and compile without it.)"""
+        env = self.compilation_cache_env()
+        if not env:
+            return None
+        where = env["JAX_COMPILATION_CACHE_DIR"]
+        fix = "choose a writable directory, or --config compilation_cache=null"
+        try:
+            os.makedirs(where, exist_ok=True)
+        except OSError as err:
+            return f"compilation_cache {where!r} cannot be created ({err.strerror}): {fix}"
+        if not os.access(where, os.W_OK | os.X_OK):
+            return f"compilation_cache {where!r} is not writable: {fix}"
+        return None
+
 
 def _problem_settings(config: dict, name: str):
     from .. import problems

@@ -2,24 +2,35 @@
 
 Importing the package never changes JAX's global precision; call :func:`enable_x64` for the
 paper's float64 setting (the default dtype of every function here).
+
+The package's names are loaded on first use (PEP 562): ``import pinn_ng`` alone does not import
+JAX, so the command line and the pipeline's helpers start in a fraction of a second (every
+``pinn-ng run`` re-executes itself once, see :mod:`pinn_ng.hugepages`).
 """
 
-from . import metrics, models, operators, optim, problems, residuals
-from .blas import limit_blas_threads
-from .precision import PrecisionError, enable_x64, x64_enabled
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "PrecisionError",
-    "enable_x64",
-    "limit_blas_threads",
-    "metrics",
-    "models",
-    "operators",
-    "optim",
-    "problems",
-    "residuals",
-    "x64_enabled",
-    "__version__",
-]
+_SUBMODULES = ("metrics", "models", "operators", "optim", "problems", "residuals")
+_NAMES = {"PrecisionError": "precision", "enable_x64": "precision",
+          "x64_enabled": "precision", "limit_blas_threads": "blas"}
+
+__all__ = ["PrecisionError", "enable_x64", "limit_blas_threads", "metrics", "models",
+           "operators", "optim", "problems", "residuals", "x64_enabled", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    if name in _NAMES:
+        value = getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *__all__])

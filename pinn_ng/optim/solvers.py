@@ -94,10 +94,10 @@ def cholesky_solve(k_lower, damping, g, effective_dimension: bool = False) -> Ch
         return u, d_eff
 
     # Step 1 outside any control flow: an N x N factor that enters a cond or a while_loop costs
-    # XLA copies, measured at 0.1-0.2 s of a 0.33 s Cholesky at N = 3500 on a 2-core CPU
-    # (bench/optim_speed.py, "Cholesky solve" against "Cholesky"); only vectors cross into
-    # the cond below.  (With effective_dimension, a failed first factor also pays its
-    # triangular inverse: tracked runs only.)
+    # XLA copies.  Measured at N = 3500 on a 2-core CPU, in one interleaved run of whole
+    # ENGD-W steps (poisson5d, η fixed): 2.26 s with the factor in the loop, 2.15 s without.
+    # Only vectors cross into the cond below.  (With effective_dimension, a failed first
+    # factor also pays its triangular inverse: tracked runs only.)
     zero = jnp.zeros((), dtype)
     chol0 = factor(zero)
     ok0 = jnp.all(jnp.isfinite(chol0))

@@ -103,6 +103,12 @@ def one_update(opt, params, batch, variant=None):
     return np.asarray(ravel_pytree(updates)[0]), state
 
 
+def jitted_update(opt, params, batch):
+    """:func:`one_update` jitted: for tests about values (eager steps re-trace their loops,
+    5-20 s a test here; the ``variant`` tests cover eager updates)."""
+    return one_update(opt, params, batch, jax.jit)
+
+
 def cond_damped(jac, damping):
     """cond(JᵀJ + λI) = cond(JJᵀ + λI) restricted to range: (σ_max² + λ)/(σ_min² + λ), with
     σ_min = 0 when J is rank-deficient (N ≠ P) -- what bounds a damped solve's forward error."""
@@ -163,8 +169,8 @@ def test_engd_and_woodbury_line_search_agree(tiny):
     problem, init, apply, fast, plain = tiny
     params = init(jax.random.PRNGKey(0))
     batch = problem.sample(jax.random.PRNGKey(1), 40, 20)
-    u1, s1 = one_update(optim.engd(fast, 1e-3), params, batch)
-    u2, s2 = one_update(optim.engd_woodbury(fast, 1e-3), params, batch)
+    u1, s1 = jitted_update(optim.engd(fast, 1e-3), params, batch)
+    u2, s2 = jitted_update(optim.engd_woodbury(fast, 1e-3), params, batch)
     assert float(optim.diagnostics(s1)["step_size"]) == float(optim.diagnostics(s2)["step_size"]) > 0
     _, jac, _ = dense_jacobian(plain, params, batch)
     tol = 100 * cond_damped(jac, 1e-3) * EPS64  # as in test_engd_equals_engd_woodbury
@@ -424,12 +430,12 @@ def test_engd_woodbury_reports_jitter_in_diagnostics(tiny):
     problem, init, apply, fast, plain = tiny
     params = init(jax.random.PRNGKey(0))
     batch = problem.sample(jax.random.PRNGKey(1), 60, 20)  # N = 80 > P = 59: K singular
-    _, state = one_update(optim.engd_woodbury(fast, 0.0, learning_rate=1.0), params, batch)
+    _, state = jitted_update(optim.engd_woodbury(fast, 0.0, learning_rate=1.0), params, batch)
     diag = optim.diagnostics(state)
     assert float(diag["cholesky_fallback"]) == 0.0 and float(diag["jitter"]) > 0.0
     assert float(diag["nonfinite"]) == 0.0
-    _, state = one_update(optim.engd_woodbury(fast, 1e-7, solver="nystrom_gpu",
-                                              sketch_size=10), params, batch)
+    _, state = jitted_update(optim.engd_woodbury(fast, 1e-7, solver="nystrom_gpu",
+                                                 sketch_size=10), params, batch)
     diag = optim.diagnostics(state)
     assert {"nystrom_shift", "shift_grown"} <= set(diag) and "jitter" not in diag
     assert float(diag["nystrom_shift"]) > 0.0
@@ -440,8 +446,8 @@ def test_effective_dimension_matches_eigenvalues(tiny):
     params = init(jax.random.PRNGKey(0))
     batch = problem.sample(jax.random.PRNGKey(1), 25, 10)
     lam = 1e-5
-    _, state = one_update(optim.engd_woodbury(fast, lam, track_effective_dimension=True),
-                          params, batch)
+    _, state = jitted_update(optim.engd_woodbury(fast, lam, track_effective_dimension=True),
+                             params, batch)
     _, jac, _ = dense_jacobian(plain, params, batch)
     sigma = np.linalg.eigvalsh(jac @ jac.T)
     d_eff = np.sum(sigma / (sigma + lam))
@@ -551,7 +557,7 @@ def test_nonfinite_residual_never_reaches_params(tiny):
     for opt in (optim.engd_woodbury(bad, 1e-3, learning_rate=0.1),
                 optim.spring(bad, 1e-3, 0.5, learning_rate=0.1),
                 optim.engd(bad, 1e-3, learning_rate=0.1)):
-        u, state = one_update(opt, params, batch)
+        u, state = jitted_update(opt, params, batch)
         diag = optim.diagnostics(state)
         assert np.all(np.isfinite(u)) and np.all(u == 0.0)
         assert float(diag["nonfinite"]) == 1.0

@@ -282,7 +282,6 @@ def kernel_products(lin: Linearization, n_full: int, n_blocks: int | None = None
     full = lin.rows(0, n_full)
     blocks = layer_blocks(full)
     offsets = layer_offsets(lin)
-    k_ff = kernel_lower_from_jacobian(blocks, n_blocks, mirror=False)
 
     def jv_full(v):
         return sum(j @ v[c0:c1] for j, (c0, c1) in zip(blocks, offsets))
@@ -292,12 +291,11 @@ def kernel_products(lin: Linearization, n_full: int, n_blocks: int | None = None
         return jnp.concatenate([u @ j for j in blocks])
 
     if n_full == n:
-        return KernelProducts(k_ff, jv_full, jtu_full)
+        return KernelProducts(kernel_lower_from_jacobian(blocks, n_blocks, mirror=False),
+                              jv_full, jtu_full)
     value = lin.rows(n_full, n).value_channel()
-    k_vf = kernel_block(value, full, None, blocks)
-    k_vv = kernel_block(value, value)
-    zeros = jnp.zeros((n_full, n - n_full), k_ff.dtype)
-    kernel = jnp.block([[k_ff, zeros], [k_vf, k_vv]])
+    below = (kernel_block(value, full, None, blocks), kernel_block(value, value))
+    kernel = kernel_lower_from_jacobian(blocks, n_blocks, mirror=False, below=below)
     return KernelProducts(
         kernel,
         lambda v: jnp.concatenate([jv_full(v), jvp_product(value, v)]),

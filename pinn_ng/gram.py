@@ -24,16 +24,24 @@ def default_n_blocks(n: int) -> int:
     return int(min(8, max(1, math.ceil(n / 512))))
 
 
-def kernel_lower_from_jacobian(jac, n_blocks: int | None = None, mirror: bool = True):
+def kernel_lower_from_jacobian(jac, n_blocks: int | None = None, mirror: bool = True,
+                               below=None):
     """K = J Jᵀ from the lower block triangle of row-block products.
 
     ``jac`` is J (N, P), or a sequence of its column blocks (each (N, P_l), e.g. one per
     layer), whose products are summed: J need not be assembled.  With ``mirror=False`` the
     strictly-upper blocks are left at zero: enough for a Cholesky factorisation that reads only
     the lower triangle, and saves the O(N²) copy.
+
+    ``below=(B, C)`` (``mirror=False`` only) appends rows under K: the result is the lower
+    triangle of [[K, Bᵀ], [B, C]] (B (M, N), C (M, M) with its lower triangle valid), upper
+    blocks zero, assembled in one pass rather than K first and then a copy of it into the
+    bigger matrix (one N² copy less: 1.45 → 1.39 s at N = 3000 + 500, P = 10,065).
     """
     parts = [jac] if hasattr(jac, "shape") else list(jac)
     n, dtype = parts[0].shape[0], parts[0].dtype
+    if below is not None and mirror:
+        raise ValueError("below= needs mirror=False (only the lower triangle is assembled)")
     bounds = _bounds(n, n_blocks or default_n_blocks(n))
     blocks = {}
     for a, (a0, a1) in enumerate(bounds):
@@ -49,5 +57,9 @@ def kernel_lower_from_jacobian(jac, n_blocks: int | None = None, mirror: bool = 
                 row.append(blocks[c, a].T)
             else:
                 row.append(jnp.zeros((a1 - a0, c1 - c0), dtype))
+        if below is not None:
+            row.append(jnp.zeros((a1 - a0, below[1].shape[0]), dtype))
         rows.append(row)
+    if below is not None:
+        rows.append(list(below))
     return jnp.block(rows)

@@ -590,6 +590,31 @@ def test_blocked_kernel_matches_dense(tiny, variant):
                                rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+def test_kernel_lower_with_rows_below_matches_dense(seed):
+    """K's lower triangle from column blocks of J, with rows [B, C] appended under it in the same
+    assembly (what the structured sample space does with the boundary rows), against the dense
+    float64 lower triangle of [J; J_b][J; J_b]ᵀ on fresh random inputs."""
+    from pinn_ng.gram import kernel_lower_from_jacobian
+    rng = np.random.default_rng(seed)
+    n, m = int(rng.integers(5, 40)), int(rng.integers(1, 9))
+    widths = rng.integers(1, 30, size=int(rng.integers(1, 4)))
+    jac = rng.standard_normal((n, int(widths.sum())))
+    jac_b = rng.standard_normal((m, int(widths.sum())))
+    full = np.concatenate([jac, jac_b])
+    ref = np.tril(full @ full.T)
+    blocks = np.split(jac, np.cumsum(widths)[:-1], axis=1)
+    below = (jac_b @ jac.T, np.tril(jac_b @ jac_b.T))
+    for n_blocks in (1, 3, n):
+        k = np.asarray(kernel_lower_from_jacobian([jnp.asarray(b) for b in blocks], n_blocks,
+                                                  mirror=False, below=below))
+        assert k.shape == (n + m, n + m)
+        assert np.all(k[:n, n:] == 0.0)  # nothing above B; the diagonal blocks are full
+        np.testing.assert_allclose(np.tril(k), ref, rtol=1e-12, atol=1e-13 * np.abs(ref).max())
+    with pytest.raises(ValueError, match="mirror=False"):
+        kernel_lower_from_jacobian(jnp.asarray(jac), below=below)
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [

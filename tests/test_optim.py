@@ -448,6 +448,102 @@ def test_engd_woodbury_reports_jitter_in_diagnostics(tiny):
     assert float(diag["nystrom_shift"]) > 0.0
 
 
+def _ladder(k, rung):
+    """δ_rung of the documented jitter policy, in NumPy: 500·eps·mean(|diag K|)·10^(rung−1)."""
+    return 0.0 if rung == 0 else 500 * EPS64 * np.mean(np.abs(np.diag(k))) * 10.0 ** (rung - 1)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_cholesky_warm_start_climbs_from_the_given_rung(seed):
+    """``start_rung`` = k: the first factorisation already uses δ_k, the ladder climbs from
+    there, and ``rung`` reports where it stopped (fresh random K each seed)."""
+    rng = np.random.default_rng(seed)
+    n, p, rank = 80, 300, 40
+    u_, _ = np.linalg.qr(rng.standard_normal((n, rank)))
+    v_, _ = np.linalg.qr(rng.standard_normal((p, rank)))
+    jac = (u_ * np.logspace(2.5, -4, rank)) @ v_.T
+    k = jac @ jac.T  # numerically singular: λ below needs a jitter
+    g = rng.standard_normal(n)
+    lam = 1e-15 * np.mean(np.diag(k))
+    cold = solvers.cholesky_solve(jnp.asarray(np.tril(k)), lam, jnp.asarray(g))
+    need = int(cold.rung)
+    assert need >= 1 and float(cold.jitter) == pytest.approx(_ladder(k, need), rel=1e-12)
+    for start in (0, need, need + 2, 20):
+        sol = solvers.cholesky_solve(jnp.asarray(np.tril(k)), lam, jnp.asarray(g),
+                                     start_rung=start)
+        rung = min(max(start, need), 8)  # clipped to the ladder's 8 rungs
+        assert int(sol.rung) == rung and float(sol.fallback) == 0.0
+        assert float(sol.jitter) == pytest.approx(_ladder(k, rung), rel=1e-12)
+        a = k + (lam + float(sol.jitter)) * np.eye(n)
+        u = np.asarray(sol.u)  # backward-stable solve of the nearby PD system
+        backward = np.linalg.norm(a @ u - g) / (np.linalg.norm(a, 2) * np.linalg.norm(u)
+                                                + np.linalg.norm(g))
+        assert backward <= 1e-14
+    # a well-conditioned K: warm-started at rung 2, it solves K + (λ + δ_2)I, tight forward check
+    k_ok = k + 0.1 * np.mean(np.diag(k)) * np.eye(n)
+    sol = solvers.cholesky_solve(jnp.asarray(np.tril(k_ok)), 1e-3, jnp.asarray(g), start_rung=2)
+    assert int(sol.rung) == 2 and float(sol.jitter) == pytest.approx(_ladder(k_ok, 2), rel=1e-12)
+    a = k_ok + (1e-3 + _ladder(k_ok, 2)) * np.eye(n)
+    tol = 100 * np.linalg.cond(a) * EPS64
+    assert tol <= 1e-11
+    assert rel_err(sol.u, np.linalg.solve(a, g)) <= tol
+    # every rung fails (indefinite K): the eigh fallback, and the rung stays where it started
+    bad = k - 1e-2 * np.outer(u_[:, 0], u_[:, 0]) - 1e-2 * np.eye(n)
+    sol = solvers.cholesky_solve(jnp.asarray(np.tril(bad)), 0.0, jnp.asarray(g), start_rung=3)
+    assert float(sol.fallback) == 1.0 and int(sol.rung) == 3 and float(sol.jitter) == 0.0
+
+
+def _with_rung(state, rung):
+    head = state[0]._replace(jitter_rung=jnp.asarray(rung, jnp.int32))
+    return (head,) + tuple(state[1:])
+
+
+def test_engd_woodbury_jitter_warm_start_uses_and_carries_the_rung(tiny):
+    """With ``jitter_warm_start`` the step starts at the state's rung (dense float64
+    reference of Jᵀ(K + (λ + δ_k)I)⁻¹ r) and stores the rung it used; without, it ignores it."""
+    problem, init, apply, fast, plain = tiny
+    params = init(jax.random.PRNGKey(3))
+    batch = problem.sample(jax.random.PRNGKey(4), 20, 10)  # N = 30 < P = 59: K is PD
+    lam = 1e-4
+    r, jac, _ = dense_jacobian(plain, params, batch)
+    k = jac @ jac.T
+    for warm, rung in ((True, 3), (False, 0)):
+        opt = optim.engd_woodbury(fast, lam, learning_rate=1.0, jitter_warm_start=warm)
+        state = _with_rung(opt.init(params), 3)
+        updates, state = jax.jit(opt.update)(None, state, params, batch=batch)
+        delta = _ladder(k, rung)
+        assert float(optim.diagnostics(state)["jitter"]) == pytest.approx(delta, rel=1e-10)
+        assert int(state[0].jitter_rung) == rung
+        a = k + (lam + delta) * np.eye(k.shape[0])
+        phi = jac.T @ np.linalg.solve(a, r)
+        tol = 100 * np.linalg.cond(a) * EPS64
+        assert tol <= 1e-7
+        assert rel_err(ravel_pytree(updates)[0], -phi) <= tol
+    # λ = 0 and N > P (K singular): the first step climbs to rung ≥ 1 and the next starts there
+    batch = problem.sample(jax.random.PRNGKey(1), 60, 20)
+    opt = optim.spring(fast, 0.0, 0.5, learning_rate=1.0, norm_constraint=None,
+                       jitter_warm_start=True)
+    update = jax.jit(opt.update)
+    _, state = update(None, opt.init(params), params, batch=batch)
+    first = int(state[0].jitter_rung)
+    assert first >= 1
+    _, state = update(None, state, params, batch=batch)
+    assert int(state[0].jitter_rung) >= first
+    _, k2, _ = dense_jacobian(plain, params, batch)
+    assert float(optim.diagnostics(state)["jitter"]) >= _ladder(k2 @ k2.T, first) * (1 - 1e-12)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"jitter_warm_start": "yes"}, "jitter_warm_start must be True or False"),
+    ({"jitter_warm_start": True, "solver": "nystrom", "sketch_size": 5},
+     "applies to solver='cholesky' only"),
+])
+def test_jitter_warm_start_rejects_bad_input(tiny, kwargs, match):
+    fast = tiny[3]
+    with pytest.raises(ValueError, match=match):
+        optim.engd_woodbury(fast, 1e-6, **kwargs)
+
+
 def test_effective_dimension_matches_eigenvalues(tiny):
     problem, init, apply, fast, plain = tiny
     params = init(jax.random.PRNGKey(0))

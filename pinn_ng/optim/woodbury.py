@@ -43,6 +43,7 @@ class SampleSpaceState(NamedTuple):
     count: jax.Array  # k − 1
     key: jax.Array  # PRNG key for the Nyström sketches, advanced every step
     diagnostics: Diagnostics
+    jitter_rung: jax.Array  # rung of the last step's Cholesky jitter (warm start; else 0)
 
 
 def _check_sketch_size(sketch_size, solver):
@@ -69,7 +70,8 @@ def _resolve_sketch(sketch_size, n: int) -> int:
 
 
 def _sample_space(name, residual_fn, damping, momentum, solver, sketch_size, seed, pcg_iters,
-                  nystrom_shift, kernel, block_size, track_effective_dimension):
+                  nystrom_shift, kernel, block_size, track_effective_dimension,
+                  jitter_warm_start):
     """The direction block behind :func:`scale_by_engd_woodbury` and :func:`scale_by_spring`.
 
     ``momentum`` may be a Python 0 (ENGD-W: no J·φ product), a number, an array or a schedule.
@@ -92,6 +94,10 @@ def _sample_space(name, residual_fn, damping, momentum, solver, sketch_size, see
         raise ValueError(f"block_size must be a positive int, got {block_size!r}")
     if not (isinstance(pcg_iters, int) and pcg_iters > 0):
         raise ValueError(f"pcg_iters must be a positive int, got {pcg_iters!r}")
+    if not isinstance(jitter_warm_start, bool):
+        raise ValueError(f"jitter_warm_start must be True or False, got {jitter_warm_start!r}")
+    if jitter_warm_start and solver != "cholesky":
+        raise ValueError(f"jitter_warm_start applies to solver='cholesky' only, got {solver!r}")
 
     def init(params):
         flat, _ = ravel_pytree(params)
@@ -100,6 +106,7 @@ def _sample_space(name, residual_fn, damping, momentum, solver, sketch_size, see
             count=jnp.zeros((), jnp.int32),
             key=jax.random.PRNGKey(seed),
             diagnostics=empty_diagnostics(flat.dtype, track_effective_dimension, solver),
+            jitter_rung=jnp.zeros((), jnp.int32),
         )
 
     def update(updates, state, params=None, *, batch=None, **extra_args):
@@ -155,9 +162,13 @@ def _sample_space(name, residual_fn, damping, momentum, solver, sketch_size, see
         else:
             zeta = r
         d_eff = None
+        rung = jnp.zeros((), jnp.int32)
         if solver == "cholesky":
-            sol = cholesky_solve(k_lower(), lam, zeta, track_effective_dimension)
+            sol = cholesky_solve(k_lower(), lam, zeta, track_effective_dimension,
+                                 start_rung=state.jitter_rung if jitter_warm_start else 0)
             u, d_eff = sol.u, sol.effective_dimension
+            if jitter_warm_start:
+                rung = sol.rung
             events = {"jitter": sol.jitter, "cholesky_fallback": sol.fallback}
         elif solver == "nystrom_gpu":
             ny = nystrom_gpu(kmatmul, n, _resolve_sketch(sketch_size, n), sketch_key, dtype,
@@ -183,7 +194,8 @@ def _sample_space(name, residual_fn, damping, momentum, solver, sketch_size, see
         phi = jnp.where(nonfinite > 0, state.phi, phi)
         diag = Diagnostics(0.5 * jnp.dot(r, r), jnp.linalg.norm(direction), d_eff,
                            nonfinite=nonfinite, **events)
-        new_state = SampleSpaceState(phi=phi, count=count, key=key, diagnostics=diag)
+        new_state = SampleSpaceState(phi=phi, count=count, key=key, diagnostics=diag,
+                                     jitter_rung=rung)
         return unravel(direction), new_state
 
     return optax.GradientTransformationExtraArgs(init, update)
@@ -192,7 +204,8 @@ def _sample_space(name, residual_fn, damping, momentum, solver, sketch_size, see
 def scale_by_engd_woodbury(residual_fn, damping, solver: str = "cholesky", sketch_size=None,
                            seed: int = 0, pcg_iters: int = 5, nystrom_shift=None,
                            kernel: str = "dense", block_size: int = 512,
-                           track_effective_dimension: bool = False
+                           track_effective_dimension: bool = False,
+                           jitter_warm_start: bool = False
                            ) -> optax.GradientTransformationExtraArgs:
     """The ENGD-W direction φ = Jᵀ(K + λI)⁻¹ r as a pytree (uphill, like a gradient).
 
@@ -202,13 +215,13 @@ def scale_by_engd_woodbury(residual_fn, damping, solver: str = "cholesky", sketc
     """
     return _sample_space("scale_by_engd_woodbury", residual_fn, damping, 0.0, solver,
                          sketch_size, seed, pcg_iters, nystrom_shift, kernel, block_size,
-                         track_effective_dimension)
+                         track_effective_dimension, jitter_warm_start)
 
 
 def scale_by_spring(residual_fn, damping, momentum, solver: str = "cholesky", sketch_size=None,
                     seed: int = 0, pcg_iters: int = 5, nystrom_shift=None,
                     kernel: str = "dense", block_size: int = 512,
-                    track_effective_dimension: bool = False
+                    track_effective_dimension: bool = False, jitter_warm_start: bool = False
                     ) -> optax.GradientTransformationExtraArgs:
     """SPRING's bias-corrected direction φ_k / √(1 − μ^{2k}) as a pytree (Algorithm 1).
 
@@ -218,13 +231,14 @@ def scale_by_spring(residual_fn, damping, momentum, solver: str = "cholesky", sk
     """
     return _sample_space("scale_by_spring", residual_fn, damping, momentum, solver, sketch_size,
                          seed, pcg_iters, nystrom_shift, kernel, block_size,
-                         track_effective_dimension)
+                         track_effective_dimension, jitter_warm_start)
 
 
 def engd_woodbury(residual_fn, damping, learning_rate="line_search", solver: str = "cholesky",
                   sketch_size=None, seed: int = 0, pcg_iters: int = 5, nystrom_shift=None,
                   kernel: str = "dense", block_size: int = 512,
-                  track_effective_dimension: bool = False) -> optax.GradientTransformationExtraArgs:
+                  track_effective_dimension: bool = False,
+                  jitter_warm_start: bool = False) -> optax.GradientTransformationExtraArgs:
     """ENGD-W: φ = Jᵀ(K + λI)⁻¹ r, the ENGD direction computed in sample space.
 
     ``chain(scale_by_engd_woodbury(...), step_size_chain(residual_fn, learning_rate))``.
@@ -245,18 +259,24 @@ def engd_woodbury(residual_fn, damping, learning_rate="line_search", solver: str
       kernel: ``"dense"`` (J held, K from its lower blocks) or ``"blocked"`` (memory-lean: J
         recomputed in ``block_size``-row blocks; see :mod:`pinn_ng.optim.kernels`).
       track_effective_dimension: also report tr(K(K+λI)⁻¹) in the diagnostics.
+      jitter_warm_start: (``solver="cholesky"``) start each step's jitter ladder at the rung
+        the previous step needed (see :func:`~pinn_ng.optim.solvers.cholesky_solve`): where
+        λ alone fails every step, as at the paper's 5d λ = 3.17e-12, this saves one failed
+        O(N³/3) factorisation per step; the damping a step uses is then λ + δ of that rung
+        even where a lower rung would have done.  Off by default.
     """
     return optax.chain(
         scale_by_engd_woodbury(residual_fn, damping, solver, sketch_size, seed, pcg_iters,
-                               nystrom_shift, kernel, block_size, track_effective_dimension),
+                               nystrom_shift, kernel, block_size, track_effective_dimension,
+                               jitter_warm_start),
         step_size_chain(residual_fn, learning_rate))
 
 
 def spring(residual_fn, damping, momentum, learning_rate="line_search",
            norm_constraint=DEFAULT_NORM_CONSTRAINT, solver: str = "cholesky", sketch_size=None,
            seed: int = 0, pcg_iters: int = 5, nystrom_shift=None, kernel: str = "dense",
-           block_size: int = 512,
-           track_effective_dimension: bool = False) -> optax.GradientTransformationExtraArgs:
+           block_size: int = 512, track_effective_dimension: bool = False,
+           jitter_warm_start: bool = False) -> optax.GradientTransformationExtraArgs:
     """SPRING for PINNs (paper's Algorithm 1): ENGD-W with momentum μ and bias correction.
 
     ``chain(scale_by_spring(...), step_size_chain(residual_fn, learning_rate, C))``.
@@ -280,7 +300,8 @@ def spring(residual_fn, damping, momentum, learning_rate="line_search",
         norm_constraint = None
     return optax.chain(
         scale_by_spring(residual_fn, damping, momentum, solver, sketch_size, seed, pcg_iters,
-                        nystrom_shift, kernel, block_size, track_effective_dimension),
+                        nystrom_shift, kernel, block_size, track_effective_dimension,
+                        jitter_warm_start),
         step_size_chain(residual_fn, learning_rate, norm_constraint))
 
 

@@ -8,6 +8,13 @@ and with the line search, and Hessian-free with a fixed number of CG iterations 
 0, so both trees run exactly ``--cg-iters`` iterations).  The coordinator then asks them in
 turn, round-robin, for one timing of each step, so that background load hits both alike and
 they never run at the same time.  Prints the medians and the ratios new / old.
+
+It also times J itself, ``jax.jit(residual_fn.jacobian)`` of each tree's default residual
+function: at 5d (N = 3500) and on ``poisson100d``'s paper net (P = 1,325,057, N = 100 + 50).
+
+``--huge-pages-new-only`` runs the old tree's worker without glibc's huge-page tunable and the
+new one with it: each tree as ``pinn-ng run`` ran it (the tunable came with issue 10).  Without
+it both workers inherit the caller's environment.
 """
 
 from __future__ import annotations
@@ -36,11 +43,15 @@ def _worker(cg_iters: int) -> None:  # runs inside the tree under test
     problem = problems.get("poisson5d")
     init, apply = models.mlp(problem.widths)
     params = init(jax.random.PRNGKey(1))
-    try:
-        from pinn_ng.residuals import ResidualFn
-        rf = ResidualFn(problem, apply)
-    except ImportError:  # the tree before issue 9
-        rf = problem.residual_fn(apply)
+
+    def residual_fn(problem, apply):
+        try:
+            from pinn_ng.residuals import ResidualFn
+        except ImportError:  # the tree before issue 9
+            return problem.residual_fn(apply)
+        return ResidualFn(problem, apply)
+
+    rf = residual_fn(problem, apply)
     batch = problem.sample(jax.random.PRNGKey(0), 3000, 500)
     opts = {
         "ENGD-W (η fixed)": optim.engd_woodbury(rf, DAMPING, learning_rate=ETA),
@@ -51,6 +62,15 @@ def _worker(cg_iters: int) -> None:  # runs inside the tree under test
                                                                  cg_tol=0.0),
     }
     steps = {}
+    jacobians = {"J, 5d (N = 3500)": (rf, params, batch)}
+    p100 = problems.get("poisson100d")
+    init100, apply100 = models.mlp(p100.widths)
+    jacobians["J, 100d (N = 150)"] = (residual_fn(p100, apply100), init100(jax.random.PRNGKey(1)),
+                                      p100.sample(jax.random.PRNGKey(0), 100, 50))
+    for name, (fn, p, b) in jacobians.items():
+        compiled = jax.jit(fn.jacobian).lower(p, b).compile()
+        jax.block_until_ready(compiled(p, b))
+        steps[name] = (compiled, (p, b))
     for name, opt in opts.items():
         def step(p, s, b, opt=opt):
             updates, s = opt.update(None, s, p, batch=b)
@@ -59,13 +79,13 @@ def _worker(cg_iters: int) -> None:  # runs inside the tree under test
         state = opt.init(params)
         compiled = jax.jit(step).lower(params, state, batch).compile()
         jax.block_until_ready(compiled(params, state, batch))
-        steps[name] = (compiled, state)
+        steps[name] = (compiled, (params, state, batch))
     print(json.dumps(list(steps)), flush=True)
     for line in sys.stdin:
         name = line.strip()
-        compiled, state = steps[name]
+        compiled, call_args = steps[name]
         t = time.perf_counter()
-        jax.block_until_ready(compiled(params, state, batch))
+        jax.block_until_ready(compiled(*call_args))
         print(json.dumps(time.perf_counter() - t), flush=True)
 
 
@@ -75,11 +95,20 @@ def main(argv=None) -> int:
     ap.add_argument("--new", default=".", help="tree holding the new pinn_ng/")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--cg-iters", type=int, default=50)
+    ap.add_argument("--huge-pages-new-only", action="store_true",
+                    help="old worker without glibc's huge-page tunable, new worker with it")
     args = ap.parse_args(argv)
+    for label, tree in (("old", args.old), ("new", args.new)):
+        if not os.path.isdir(os.path.join(tree, "pinn_ng")):
+            ap.error(f"--{label} {tree!r} holds no pinn_ng/ directory")
     here = os.path.abspath(__file__)
     workers, names = {}, None
     for label, tree in (("old", args.old), ("new", args.new)):
         env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
+        if args.huge_pages_new_only:
+            env.pop("GLIBC_TUNABLES", None)
+            if label == "new":
+                env["GLIBC_TUNABLES"] = "glibc.malloc.hugetlb=1"
         proc = subprocess.Popen([sys.executable, here, "--worker", str(args.cg_iters)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                 env=env, cwd=os.path.abspath(tree))
@@ -97,6 +126,7 @@ def main(argv=None) -> int:
     for proc in workers.values():
         proc.stdin.close()
         proc.wait()
+    print(f"huge pages: {'new tree only' if args.huge_pages_new_only else 'as inherited'}")
     print("| step (5d, N = 3500, P = 10,065, float64) | old s | new s | new / old |")
     print("|---|---:|---:|---:|")
     for n in names:

@@ -31,7 +31,7 @@ DAMPING = 1e-8
 ETA = 5.23e-2
 
 
-def _worker(cg_iters: int) -> None:  # runs inside the tree under test
+def _worker(cg_iters: int, only: str) -> None:  # runs inside the tree under test
     import jax
     import optax
 
@@ -67,6 +67,8 @@ def _worker(cg_iters: int) -> None:  # runs inside the tree under test
     init100, apply100 = models.mlp(p100.widths)
     jacobians["J, 100d (N = 150)"] = (residual_fn(p100, apply100), init100(jax.random.PRNGKey(1)),
                                       p100.sample(jax.random.PRNGKey(0), 100, 50))
+    jacobians = {k: v for k, v in jacobians.items() if only in k}
+    opts = {k: v for k, v in opts.items() if only in k}
     for name, (fn, p, b) in jacobians.items():
         compiled = jax.jit(fn.jacobian).lower(p, b).compile()
         jax.block_until_ready(compiled(p, b))
@@ -97,6 +99,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cg-iters", type=int, default=50)
     ap.add_argument("--huge-pages-new-only", action="store_true",
                     help="old worker without glibc's huge-page tunable, new worker with it")
+    ap.add_argument("--only", default="", metavar="TEXT",
+                    help="time only the rows whose name contains TEXT (e.g. 'J,' or 'ENGD-W')")
     args = ap.parse_args(argv)
     for label, tree in (("old", args.old), ("new", args.new)):
         if not os.path.isdir(os.path.join(tree, "pinn_ng")):
@@ -109,10 +113,14 @@ def main(argv=None) -> int:
             env.pop("GLIBC_TUNABLES", None)
             if label == "new":
                 env["GLIBC_TUNABLES"] = "glibc.malloc.hugetlb=1"
-        proc = subprocess.Popen([sys.executable, here, "--worker", str(args.cg_iters)],
+        proc = subprocess.Popen([sys.executable, here, "--worker", str(args.cg_iters),
+                                 args.only],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                 env=env, cwd=os.path.abspath(tree))
         names = json.loads(proc.stdout.readline())  # compiled everything
+        if not names:
+            proc.kill()
+            ap.error(f"--only {args.only!r} matches no row")
         workers[label] = proc
         print(f"[{label}] compiled {len(names)} steps from {tree}", file=sys.stderr, flush=True)
     times = {(label, n): [] for label in workers for n in names}
@@ -136,7 +144,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 2 and sys.argv[1] == "--worker":
-        _worker(int(sys.argv[2]))
+    if len(sys.argv) > 3 and sys.argv[1] == "--worker":
+        _worker(int(sys.argv[2]), sys.argv[3])
     else:
         sys.exit(main())

@@ -448,6 +448,9 @@ def test_engd_woodbury_reports_jitter_in_diagnostics(tiny):
     assert float(diag["nystrom_shift"]) > 0.0
 
 
+_JIT_CHOLESKY_SOLVE = jax.jit(solvers.cholesky_solve, static_argnames=("effective_dimension",))
+
+
 def _ladder(k, rung):
     """δ_rung of the documented jitter policy, in NumPy: 500·eps·mean(|diag K|)·10^(rung−1)."""
     return 0.0 if rung == 0 else 500 * EPS64 * np.mean(np.abs(np.diag(k))) * 10.0 ** (rung - 1)
@@ -457,6 +460,7 @@ def _ladder(k, rung):
 def test_cholesky_warm_start_climbs_from_the_given_rung(seed):
     """``start_rung`` = k: the first factorisation already uses δ_k, the ladder climbs from
     there, and ``rung`` reports where it stopped (fresh random K each seed)."""
+    solve = _JIT_CHOLESKY_SOLVE  # one compilation for every call below (start_rung traced)
     rng = np.random.default_rng(seed)
     n, p, rank = 80, 300, 40
     u_, _ = np.linalg.qr(rng.standard_normal((n, rank)))
@@ -465,11 +469,11 @@ def test_cholesky_warm_start_climbs_from_the_given_rung(seed):
     k = jac @ jac.T  # numerically singular: λ below needs a jitter
     g = rng.standard_normal(n)
     lam = 1e-15 * np.mean(np.diag(k))
-    cold = solvers.cholesky_solve(jnp.asarray(np.tril(k)), lam, jnp.asarray(g))
+    cold = solve(jnp.asarray(np.tril(k)), lam, jnp.asarray(g))
     need = int(cold.rung)
     assert need >= 1 and float(cold.jitter) == pytest.approx(_ladder(k, need), rel=1e-12)
     for start in (0, need, need + 2, 20):
-        sol = solvers.cholesky_solve(jnp.asarray(np.tril(k)), lam, jnp.asarray(g),
+        sol = solve(jnp.asarray(np.tril(k)), lam, jnp.asarray(g),
                                      start_rung=start)
         rung = min(max(start, need), 8)  # clipped to the ladder's 8 rungs
         assert int(sol.rung) == rung and float(sol.fallback) == 0.0
@@ -481,7 +485,7 @@ def test_cholesky_warm_start_climbs_from_the_given_rung(seed):
         assert backward <= 1e-14
     # a well-conditioned K: warm-started at rung 2, it solves K + (λ + δ_2)I, tight forward check
     k_ok = k + 0.1 * np.mean(np.diag(k)) * np.eye(n)
-    sol = solvers.cholesky_solve(jnp.asarray(np.tril(k_ok)), 1e-3, jnp.asarray(g), start_rung=2)
+    sol = solve(jnp.asarray(np.tril(k_ok)), 1e-3, jnp.asarray(g), start_rung=2)
     assert int(sol.rung) == 2 and float(sol.jitter) == pytest.approx(_ladder(k_ok, 2), rel=1e-12)
     a = k_ok + (1e-3 + _ladder(k_ok, 2)) * np.eye(n)
     tol = 100 * np.linalg.cond(a) * EPS64
@@ -489,7 +493,7 @@ def test_cholesky_warm_start_climbs_from_the_given_rung(seed):
     assert rel_err(sol.u, np.linalg.solve(a, g)) <= tol
     # every rung fails (indefinite K): the eigh fallback, and the rung stays where it started
     bad = k - 1e-2 * np.outer(u_[:, 0], u_[:, 0]) - 1e-2 * np.eye(n)
-    sol = solvers.cholesky_solve(jnp.asarray(np.tril(bad)), 0.0, jnp.asarray(g), start_rung=3)
+    sol = solve(jnp.asarray(np.tril(bad)), 0.0, jnp.asarray(g), start_rung=3)
     assert float(sol.fallback) == 1.0 and int(sol.rung) == 3 and float(sol.jitter) == 0.0
 
 

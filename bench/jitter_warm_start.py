@@ -28,16 +28,25 @@ import time
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-#: The paper's 5d hyper-parameters with the line search (the default preset's).
-HPARAMS = {
-    "engd_woodbury": {"damping": 3.17e-12},
-    "spring": {"damping": 2.09e-10, "momentum": 0.3115},
-}
+#: ``--optimizer`` → the default preset's configuration whose hyper-parameters it runs.
+PRESET_LABELS = {"engd_woodbury": "engd_w", "spring": "spring"}
+
+
+def preset_hparams(label: str) -> dict:
+    """The default preset's 5d hyper-parameters of ``label`` (the line-search configuration);
+    ``jitter_warm_start`` is left to the caller."""
+    from pinn_ng.pipeline import config
+
+    opt = config.load_yaml(config.preset_path("default"))["optimizers"][label]
+    hp = dict(opt["hparams"])
+    hp.update((opt.get("per_problem") or {}).get("poisson5d") or {})
+    hp.pop("jitter_warm_start", None)
+    return hp
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--optimizer", choices=sorted(HPARAMS), default="engd_woodbury")
+    ap.add_argument("--optimizer", choices=sorted(PRESET_LABELS), default="engd_woodbury")
     ap.add_argument("--steps", type=int, default=30, help="steps of each run (default 30)")
     args = ap.parse_args(argv)
     if args.steps < 2:
@@ -57,7 +66,7 @@ def main(argv=None) -> int:
     init, apply = models.mlp(problem.widths)
     params0 = init(jax.random.PRNGKey(1))
     rf = ResidualFn(problem, apply)
-    hp = HPARAMS[args.optimizer]
+    hp = preset_hparams(PRESET_LABELS[args.optimizer])
     runs = {}
     for label, warm in (("cold", False), ("warm", True)):
         opt = optim.make(args.optimizer, rf, jitter_warm_start=warm, **hp)
@@ -70,7 +79,7 @@ def main(argv=None) -> int:
         runs[label] = {"step": compiled, "params": params0, "state": state, "times": [],
                        "jittered": 0, "rungs": [], "loss": None, "jitter_at": []}
     print(f"device: {jax.devices()[0].device_kind}, float64, glibc huge pages: "
-          f"{hugepages.active()}; {args.optimizer} {hp}, line search, N = 3000 + 500")
+          f"{hugepages.active()}; {args.optimizer} {hp}, N = 3000 + 500")
     for k in range(args.steps):
         for label, run in runs.items():
             t0 = time.perf_counter()

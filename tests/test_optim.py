@@ -473,8 +473,7 @@ def test_cholesky_warm_start_climbs_from_the_given_rung(seed):
     need = int(cold.rung)
     assert need >= 1 and float(cold.jitter) == pytest.approx(_ladder(k, need), rel=1e-12)
     for start in (0, need, need + 2, 20):
-        sol = solve(jnp.asarray(np.tril(k)), lam, jnp.asarray(g),
-                                     start_rung=start)
+        sol = solve(jnp.asarray(np.tril(k)), lam, jnp.asarray(g), start_rung=start)
         rung = min(max(start, need), 8)  # clipped to the ladder's 8 rungs
         assert int(sol.rung) == rung and float(sol.fallback) == 0.0
         assert float(sol.jitter) == pytest.approx(_ladder(k, rung), rel=1e-12)

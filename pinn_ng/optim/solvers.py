@@ -50,16 +50,25 @@ _JITTER_GROWTH = 10.0
 _JITTER_TRIES = 8
 
 
-def jitter_ladder(k_lower, rung):
-    """δ_k of :func:`cholesky_solve`'s policy for ``k_lower``: 0 at rung 0, else
-    500·eps·mean(|diag K|)·10^(k−1) (non-finite diagonal entries ignored)."""
+def _first_jitter(k_lower):
+    """δ_1 = 500·eps·mean(|diag K|), non-finite diagonal entries ignored."""
     dtype = k_lower.dtype
     diag = jnp.diagonal(k_lower)
     scale = jnp.mean(jnp.where(jnp.isfinite(diag), jnp.abs(diag), 0.0))
-    jitter0 = _JITTER0_EPS * jnp.finfo(dtype).eps * jnp.maximum(scale, jnp.finfo(dtype).tiny)
+    return _JITTER0_EPS * jnp.finfo(dtype).eps * jnp.maximum(scale, jnp.finfo(dtype).tiny)
+
+
+def _rung_jitter(jitter0, rung):
+    """δ_k = δ_1·10^(k−1) for k ≥ 1, 0 at rung 0."""
     rung = jnp.asarray(rung, jnp.int32)
-    return jnp.where(rung > 0, jitter0 * _JITTER_GROWTH ** (jnp.maximum(rung, 1) - 1).astype(dtype),
-                     jnp.zeros((), dtype))
+    growth = _JITTER_GROWTH ** (jnp.maximum(rung, 1) - 1).astype(jitter0.dtype)
+    return jnp.where(rung > 0, jitter0 * growth, jnp.zeros_like(jitter0))
+
+
+def jitter_ladder(k_lower, rung):
+    """δ_k of :func:`cholesky_solve`'s policy for ``k_lower``: 0 at rung 0, else
+    500·eps·mean(|diag K|)·10^(k−1) (non-finite diagonal entries ignored)."""
+    return _rung_jitter(_first_jitter(k_lower), rung)
 
 
 def cholesky_solve(k_lower, damping, g, effective_dimension: bool = False,
@@ -99,6 +108,7 @@ def cholesky_solve(k_lower, damping, g, effective_dimension: bool = False,
     eye = jnp.eye(n, dtype=dtype)
     damping = jnp.asarray(damping, dtype)
     start = jnp.clip(jnp.asarray(start_rung, jnp.int32), 0, _JITTER_TRIES)
+    jitter0 = _first_jitter(k_lower)
 
     def factor(jitter):
         return jax.lax.linalg.cholesky(k_lower + (damping + jitter) * eye,
@@ -119,7 +129,7 @@ def cholesky_solve(k_lower, damping, g, effective_dimension: bool = False,
     # Only vectors cross into the cond below.  (With effective_dimension, a failed first
     # factor also pays its triangular inverse: tracked runs only.)
     zero = jnp.zeros((), dtype)
-    shift0 = jitter_ladder(k_lower, start)
+    shift0 = _rung_jitter(jitter0, start)
     chol0 = factor(shift0)
     ok0 = jnp.all(jnp.isfinite(chol0))
     u0, d_eff0 = solve(chol0, damping + shift0)
@@ -134,7 +144,7 @@ def cholesky_solve(k_lower, damping, g, effective_dimension: bool = False,
 
         def retry(carry):
             i, _, _ = carry
-            jitter = jitter_ladder(k_lower, i)
+            jitter = _rung_jitter(jitter0, i)
             return i + 1, jitter, factor(jitter)
 
         i, jitter, chol = jax.lax.while_loop(

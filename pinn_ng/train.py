@@ -18,8 +18,9 @@ argument) on a :class:`pinn_ng.problems.Problem`:
   outputs, because JAX dispatches asynchronously and returns before the work is done.
 - **Evaluation** (``problem.errors``, the paper's RMS L2 on its fixed evaluation set) every
   ``eval_every`` steps and at the end, outside the timed region.
-- **Divergence.** Only a non-finite loss or non-finite parameters end the run early; the
-  result says ``diverged=True`` and why.  Numerical events the optimizer handled (a jittered
+- **Divergence.** Only a non-finite loss, non-finite parameters, or a solve the optimizer
+  reports as failed and left unrepaired (the diagnostic ``solve_failed``: the Cholesky option
+  ``jitter="none"``) end the run early; the result says ``diverged=True`` and why.  Numerical events the optimizer handled (a jittered
   or eigendecomposition fallback of a Cholesky, a grown Nyström shift, a skipped non-finite
   direction; :data:`pinn_ng.optim.EVENT_FIELDS`) are diagnostics, not divergence: the loop
   counts the steps at which each occurred (``TrainResult.events``).
@@ -60,8 +61,9 @@ class TrainResult:
     diverged: bool = False
     reason: str | None = None  # why the run diverged, else None
     stopped_by: str = ""  # "max_steps", "max_seconds" or "diverged"
-    #: steps at which each numerical event occurred, e.g. {"jitter_steps": 3, ...}; only the
-    #: events the optimizer reports
+    #: steps at which each numerical event occurred, e.g. {"jitter_steps": 3, ...}, and the
+    #: first step (1-based) at which it did, e.g. {"first_jitter_step": 11} (None: never);
+    #: only the events the optimizer reports
     events: dict = field(default_factory=dict)
     #: timed seconds of every step, in order, and whether a numerical event occurred in it
     #: (jitter, eigh fallback, grown Nyström shift, non-finite direction): what a median
@@ -182,7 +184,7 @@ def train(problem: Problem, apply: Callable, params, optimizer, residual_fn: Cal
             row[k] = math.nan
         if out is not None:
             for k, v in out.items():
-                if k != "params_finite":
+                if k not in ("params_finite", "solve_failed"):
                     row[k] = _to_float(v)
         result.rows.append(row)
         return row
@@ -217,19 +219,27 @@ def train(problem: Problem, apply: Callable, params, optimizer, residual_fn: Cal
             result.step_seconds.append(dt)
             if not diag_keys:
                 diag_keys = sorted(k for k in out if k not in ("loss", "step_size",
-                                                               "params_finite"))
+                                                               "params_finite",
+                                                               "solve_failed"))
                 result.events = {f"{k}_steps": 0 for k in EVENT_FIELDS if k in out}
+                result.events.update({f"first_{k}_step": None for k in EVENT_FIELDS
+                                      if k in out})
             had_event = False
             for k in EVENT_FIELDS:
                 if k in out and _to_float(out[k]) > 0:
                     result.events[f"{k}_steps"] += 1
+                    if result.events[f"first_{k}_step"] is None:
+                        result.events[f"first_{k}_step"] = step
                     had_event = True
             result.step_had_event.append(had_event)
             loss = _to_float(out["loss"])
             if step == 1:
                 first["loss"] = loss
             reason = None
-            if not math.isfinite(loss):
+            if "solve_failed" in out and _to_float(out["solve_failed"]) > 0:
+                reason = (f"Cholesky factorisation failed at step {step} (jitter='none': "
+                          "no jitter, no fallback)")
+            elif not math.isfinite(loss):
                 reason = f"non-finite loss ({loss}) at step {step}"
             elif not bool(out["params_finite"]):
                 reason = f"non-finite parameters after step {step}"

@@ -536,7 +536,44 @@ def test_engd_woodbury_jitter_warm_start_uses_and_carries_the_rung(tiny):
     assert float(optim.diagnostics(state)["jitter"]) >= _ladder(k2 @ k2.T, first) * (1 - 1e-12)
 
 
+def test_jitter_none_solves_with_lambda_alone_or_reports_the_failure(tiny):
+    """``jitter="none"``: where K + λI factorises, the direction is the dense float64
+    Jᵀ(K + λI)⁻¹ r with no jitter; where it cannot (λ = 0, N > P: K singular), the step reports
+    ``solve_failed`` and leaves the parameters unchanged instead of jittering."""
+    problem, init, apply, fast, plain = tiny
+    params = init(jax.random.PRNGKey(5))
+    batch = problem.sample(jax.random.PRNGKey(6), 20, 10)  # N = 30 < P = 59: K is PD
+    lam = 1e-4
+    r, jac, _ = dense_jacobian(plain, params, batch)
+    a = jac @ jac.T + lam * np.eye(r.shape[0])
+    opt = optim.engd_woodbury(fast, lam, learning_rate=1.0, jitter="none")
+    updates, state = jax.jit(opt.update)(None, opt.init(params), params, batch=batch)
+    diag = optim.diagnostics(state)
+    assert float(diag["solve_failed"]) == 0.0 and float(diag["jitter"]) == 0.0
+    tol = 100 * np.linalg.cond(a) * EPS64
+    assert tol <= 1e-7
+    assert rel_err(ravel_pytree(updates)[0], -(jac.T @ np.linalg.solve(a, r))) <= tol
+    # singular K: the ladder repairs it, jitter="none" reports it
+    batch = problem.sample(jax.random.PRNGKey(1), 60, 20)
+    for jitter in ("ladder", "none"):
+        opt = optim.spring(fast, 0.0, 0.5, learning_rate=1.0, norm_constraint=None,
+                           jitter=jitter)
+        updates, state = jax.jit(opt.update)(None, opt.init(params), params, batch=batch)
+        diag = optim.diagnostics(state)
+        flat = ravel_pytree(updates)[0]
+        if jitter == "ladder":
+            assert "solve_failed" not in diag and float(diag["jitter"]) > 0
+            assert float(jnp.linalg.norm(flat)) > 0
+        else:
+            assert float(diag["solve_failed"]) == 1.0 and float(diag["jitter"]) == 0.0
+            assert float(diag["nonfinite"]) == 1.0 and float(jnp.linalg.norm(flat)) == 0.0
+
+
 @pytest.mark.parametrize("kwargs,match", [
+    ({"jitter": "some"}, "jitter must be one of"),
+    ({"jitter": "none", "jitter_warm_start": True}, "jitter_warm_start must be False"),
+    ({"jitter": "none", "solver": "nystrom", "sketch_size": 5},
+     "applies to solver='cholesky' only"),
     ({"jitter_warm_start": "yes"}, "jitter_warm_start must be True or False"),
     ({"jitter_warm_start": True, "solver": "nystrom", "sketch_size": 5},
      "applies to solver='cholesky' only"),

@@ -235,7 +235,7 @@ def _record(runs_dir, name, *, replicate, final_l2, events="absent", label="engd
 def test_gather_event_counts_and_spread_over_replicates(tmp_path):
     runs = tmp_path / "runs"
     ev = {"jitter_steps": 3, "cholesky_fallback_steps": 1, "shift_grown_steps": 0,
-          "nonfinite_steps": 2}
+          "nonfinite_steps": 2, "first_jitter_step": 7, "first_cholesky_fallback_step": 9}
     _record(runs, "a0", replicate=0, final_l2=1e-3, events=ev)
     _record(runs, "a1", replicate=1, final_l2=4e-3, events={"jitter_steps": 0,
                                                             "nonfinite_steps": 0})
@@ -245,6 +245,8 @@ def test_gather_event_counts_and_spread_over_replicates(tmp_path):
     summ = pd.read_csv(tmp_path / "summary.csv").set_index("run_id")
     assert summ.loc["a0", gather.EVENT_COLUMNS].tolist() == [3, 1, 0, 2]
     assert summ.loc["a0", "fallback_steps"] == 4  # jitter + Cholesky fallback + shift
+    assert summ.loc["a0", gather.FIRST_EVENT_COLUMNS].tolist() == [7, 9]
+    assert summ.loc[["a1", "a2"], gather.FIRST_EVENT_COLUMNS].isna().all().all()
     # reported events count, unreported ones are unknown (empty), never 0
     assert summ.loc["a1", "jitter_steps"] == 0 and summ.loc["a1", "fallback_steps"] == 0
     assert summ.loc["a1", ["cholesky_fallback_steps", "shift_grown_steps"]].isna().all()
@@ -372,8 +374,20 @@ def test_train_stops_on_divergence():
                                                 "cholesky_fallback": jnp.zeros(())},
                  max_steps=4)
     assert not res.diverged and res.steps == 4 and res.stopped_by == "max_steps"
-    assert res.events == {"jitter_steps": 4, "cholesky_fallback_steps": 0}
+    assert res.events == {"jitter_steps": 4, "cholesky_fallback_steps": 0,
+                          "first_jitter_step": 1, "first_cholesky_fallback_step": None}
     assert res.rows[-1]["jitter"] == 1.0 and len(res.step_seconds) == 4
+
+    # a solve reported as failed and left unrepaired (jitter='none') ends the run at its step
+    def failed_from_step_3(state):
+        return {"solve_failed": (state.count >= 3).astype(jnp.float64),
+                "jitter": jnp.zeros(())}
+
+    counting = optax.with_extra_args_support(optax.scale_by_schedule(lambda k: 0.0))
+    res = _train(counting, diagnostics=failed_from_step_3, max_steps=10)
+    assert res.diverged and res.steps == 3 and res.stopped_by == "diverged"
+    assert "Cholesky factorisation failed at step 3" in res.reason
+    assert res.events["first_jitter_step"] is None and "solve_failed" not in res.rows[-1]
 
 
 def test_same_seed_same_l2_columns(tmp_path):

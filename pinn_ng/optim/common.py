@@ -28,7 +28,9 @@ class Diagnostics(NamedTuple):
     - ``nonfinite``: 1 if the direction was non-finite and the step was skipped (the direction
       is replaced by zeros, so parameters are left unchanged, never NaN).
 
-    None of these ends a run: the training loop stops only on a non-finite loss or parameters.
+    None of these ends a run: the training loop stops only on a non-finite loss or parameters,
+    or on ``solve_failed``: 1 if the solve failed and was *not* repaired (only reported under
+    the Cholesky option ``jitter="none"``, which studies when the factorisation fails).
     """
 
     loss: jax.Array
@@ -39,6 +41,7 @@ class Diagnostics(NamedTuple):
     nystrom_shift: jax.Array | None = None
     shift_grown: jax.Array | None = None
     nonfinite: jax.Array | None = None
+    solve_failed: jax.Array | None = None
 
 
 #: Diagnostics that count as numerical events; the training loop counts the steps where each
@@ -47,8 +50,10 @@ EVENT_FIELDS = ("jitter", "cholesky_fallback", "shift_grown", "nonfinite")
 
 
 def empty_diagnostics(dtype, track_effective_dimension: bool = False,
-                      solver: str | None = "cholesky") -> Diagnostics:
-    """Initial diagnostics with the fields ``solver`` reports (None: only ``nonfinite``)."""
+                      solver: str | None = "cholesky", solve_failed: bool = False
+                      ) -> Diagnostics:
+    """Initial diagnostics with the fields ``solver`` reports (None: only ``nonfinite``);
+    ``solve_failed``: also that field (a Cholesky solver with ``jitter="none"``)."""
     nan = jnp.asarray(jnp.nan, dtype)
     zero = jnp.zeros((), dtype)
     chol = solver == "cholesky"
@@ -57,7 +62,8 @@ def empty_diagnostics(dtype, track_effective_dimension: bool = False,
                        jitter=zero if chol else None,
                        cholesky_fallback=zero if chol else None,
                        nystrom_shift=zero if nys else None,
-                       shift_grown=zero if nys else None, nonfinite=zero)
+                       shift_grown=zero if nys else None, nonfinite=zero,
+                       solve_failed=zero if solve_failed else None)
 
 
 def _is_array(value) -> bool:

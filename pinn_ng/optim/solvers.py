@@ -40,6 +40,13 @@ class CholeskySolution(NamedTuple):
     #: the rung of the jitter ladder that succeeded (0: λ alone, k ≥ 1: δ_k); on the eigh
     #: fallback the rung the solve started from.  Feed it back as ``start_rung`` to warm-start.
     rung: jax.Array | None = None
+    #: ``jitter="none"`` only: 1.0 if the Cholesky of K + λI failed (``u`` is then NaN)
+    failed: jax.Array | None = None
+
+
+#: Jitter policies of :func:`cholesky_solve`: ``"ladder"`` (the default, below) or ``"none"``
+#: (λ alone; a failed factorisation is reported, never repaired).
+JITTER_POLICIES = ("ladder", "none")
 
 
 #: Jitter policy of :func:`cholesky_solve`: the first extra shift is
@@ -72,7 +79,7 @@ def jitter_ladder(k_lower, rung):
 
 
 def cholesky_solve(k_lower, damping, g, effective_dimension: bool = False,
-                   start_rung=0) -> CholeskySolution:
+                   start_rung=0, jitter: str = "ladder") -> CholeskySolution:
     """u = (K + λI)⁻¹ g from the lower triangle of K, robust to rounding (policy below).
 
     **Why a policy is needed.**  K = JJᵀ of a PINN is numerically rank-deficient: on the
@@ -102,7 +109,13 @@ def cholesky_solve(k_lower, damping, g, effective_dimension: bool = False,
     Where λ alone fails step after step (the paper's 5d λ: 66 of 76 ENGD-W steps) this saves
     the failed factorisation, one O(N³/3) Cholesky per step, at the price of using δ_k also
     in a step where a lower rung would have done.  ``start_rung`` is clipped to [0, 8].
+
+    **No jitter** (``jitter="none"``): one Cholesky of K + λI, as the paper's reference code
+    does; if it fails, ``failed`` is 1 and ``u`` is NaN (no jitter, no fallback), so that a
+    study of the factorisation itself sees every failure.
     """
+    if jitter not in JITTER_POLICIES:
+        raise ValueError(f"unknown jitter policy {jitter!r}; valid: {list(JITTER_POLICIES)}")
     n = k_lower.shape[0]
     dtype = k_lower.dtype
     eye = jnp.eye(n, dtype=dtype)
@@ -129,6 +142,14 @@ def cholesky_solve(k_lower, damping, g, effective_dimension: bool = False,
     # Only vectors cross into the cond below.  (With effective_dimension, a failed first
     # factor also pays its triangular inverse: tracked runs only.)
     zero = jnp.zeros((), dtype)
+    if jitter == "none":
+        chol = factor(zero)
+        ok = jnp.all(jnp.isfinite(chol))
+        u, d_eff = solve(chol, damping)
+        nan = jnp.full_like(u, jnp.nan)
+        return CholeskySolution(jnp.where(ok, u, nan), zero, zero,
+                                None if d_eff is None else jnp.where(ok, d_eff, jnp.nan),
+                                jnp.zeros((), jnp.int32), 1.0 - ok.astype(dtype))
     shift0 = _rung_jitter(jitter0, start)
     chol0 = factor(shift0)
     ok0 = jnp.all(jnp.isfinite(chol0))

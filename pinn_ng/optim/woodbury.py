@@ -33,8 +33,8 @@ from ..residuals import as_operator, has_row_blocks, sample_space
 from .common import (Diagnostics, check_damping, check_scalar_or_schedule, empty_diagnostics,
                      is_static_zero, require_first, safe_direction, value_at)
 from .kernels import KERNELS, kernel_from_row_blocks
-from .solvers import (SOLVERS, cholesky_solve, nystrom_gpu, nystrom_standard, pcg,
-                      symmetrize_lower)
+from .solvers import (JITTER_POLICIES, SOLVERS, cholesky_solve, nystrom_gpu, nystrom_standard,
+                      pcg, symmetrize_lower)
 from .step_size import DEFAULT_NORM_CONSTRAINT, step_size_chain
 
 
@@ -71,7 +71,7 @@ def _resolve_sketch(sketch_size, n: int) -> int:
 
 def _sample_space(name, residual_fn, damping, momentum, solver, sketch_size, seed, pcg_iters,
                   nystrom_shift, kernel, block_size, track_effective_dimension,
-                  jitter_warm_start):
+                  jitter_warm_start, jitter="ladder"):
     """The direction block behind :func:`scale_by_engd_woodbury` and :func:`scale_by_spring`.
 
     ``momentum`` may be a Python 0 (ENGD-W: no J·φ product), a number, an array or a schedule.
@@ -98,6 +98,13 @@ def _sample_space(name, residual_fn, damping, momentum, solver, sketch_size, see
         raise ValueError(f"jitter_warm_start must be True or False, got {jitter_warm_start!r}")
     if jitter_warm_start and solver != "cholesky":
         raise ValueError(f"jitter_warm_start applies to solver='cholesky' only, got {solver!r}")
+    if jitter not in JITTER_POLICIES:
+        raise ValueError(f"jitter must be one of {list(JITTER_POLICIES)}, got {jitter!r}")
+    if jitter != "ladder" and solver != "cholesky":
+        raise ValueError(f"jitter={jitter!r} applies to solver='cholesky' only, got {solver!r}")
+    if jitter == "none" and jitter_warm_start:
+        raise ValueError("jitter='none' never jitters: jitter_warm_start must be False")
+    no_jitter = jitter == "none"
 
     def init(params):
         flat, _ = ravel_pytree(params)
@@ -105,7 +112,8 @@ def _sample_space(name, residual_fn, damping, momentum, solver, sketch_size, see
             phi=jnp.zeros_like(flat),
             count=jnp.zeros((), jnp.int32),
             key=jax.random.PRNGKey(seed),
-            diagnostics=empty_diagnostics(flat.dtype, track_effective_dimension, solver),
+            diagnostics=empty_diagnostics(flat.dtype, track_effective_dimension, solver,
+                                          solve_failed=no_jitter),
             jitter_rung=jnp.zeros((), jnp.int32),
         )
 
@@ -165,11 +173,14 @@ def _sample_space(name, residual_fn, damping, momentum, solver, sketch_size, see
         rung = jnp.zeros((), jnp.int32)
         if solver == "cholesky":
             sol = cholesky_solve(k_lower(), lam, zeta, track_effective_dimension,
-                                 start_rung=state.jitter_rung if jitter_warm_start else 0)
+                                 start_rung=state.jitter_rung if jitter_warm_start else 0,
+                                 jitter=jitter)
             u, d_eff = sol.u, sol.effective_dimension
             if jitter_warm_start:
                 rung = sol.rung
             events = {"jitter": sol.jitter, "cholesky_fallback": sol.fallback}
+            if no_jitter:
+                events["solve_failed"] = sol.failed
         elif solver == "nystrom_gpu":
             ny = nystrom_gpu(kmatmul, n, _resolve_sketch(sketch_size, n), sketch_key, dtype,
                              lam, nystrom_shift)
@@ -205,7 +216,7 @@ def scale_by_engd_woodbury(residual_fn, damping, solver: str = "cholesky", sketc
                            seed: int = 0, pcg_iters: int = 5, nystrom_shift=None,
                            kernel: str = "dense", block_size: int = 512,
                            track_effective_dimension: bool = False,
-                           jitter_warm_start: bool = False
+                           jitter_warm_start: bool = False, jitter: str = "ladder"
                            ) -> optax.GradientTransformationExtraArgs:
     """The ENGD-W direction φ = Jᵀ(K + λI)⁻¹ r as a pytree (uphill, like a gradient).
 
@@ -215,14 +226,14 @@ def scale_by_engd_woodbury(residual_fn, damping, solver: str = "cholesky", sketc
     """
     return _sample_space("scale_by_engd_woodbury", residual_fn, damping, 0.0, solver,
                          sketch_size, seed, pcg_iters, nystrom_shift, kernel, block_size,
-                         track_effective_dimension, jitter_warm_start)
+                         track_effective_dimension, jitter_warm_start, jitter)
 
 
 def scale_by_spring(residual_fn, damping, momentum, solver: str = "cholesky", sketch_size=None,
                     seed: int = 0, pcg_iters: int = 5, nystrom_shift=None,
                     kernel: str = "dense", block_size: int = 512,
-                    track_effective_dimension: bool = False, jitter_warm_start: bool = False
-                    ) -> optax.GradientTransformationExtraArgs:
+                    track_effective_dimension: bool = False, jitter_warm_start: bool = False,
+                    jitter: str = "ladder") -> optax.GradientTransformationExtraArgs:
     """SPRING's bias-corrected direction φ_k / √(1 − μ^{2k}) as a pytree (Algorithm 1).
 
     φ_k (uncorrected) is kept in the state.  ``damping`` (λ) and ``momentum`` (μ ∈ [0, 1)) may
@@ -231,14 +242,15 @@ def scale_by_spring(residual_fn, damping, momentum, solver: str = "cholesky", sk
     """
     return _sample_space("scale_by_spring", residual_fn, damping, momentum, solver, sketch_size,
                          seed, pcg_iters, nystrom_shift, kernel, block_size,
-                         track_effective_dimension, jitter_warm_start)
+                         track_effective_dimension, jitter_warm_start, jitter)
 
 
 def engd_woodbury(residual_fn, damping, learning_rate="line_search", solver: str = "cholesky",
                   sketch_size=None, seed: int = 0, pcg_iters: int = 5, nystrom_shift=None,
                   kernel: str = "dense", block_size: int = 512,
                   track_effective_dimension: bool = False,
-                  jitter_warm_start: bool = False) -> optax.GradientTransformationExtraArgs:
+                  jitter_warm_start: bool = False, jitter: str = "ladder"
+                  ) -> optax.GradientTransformationExtraArgs:
     """ENGD-W: φ = Jᵀ(K + λI)⁻¹ r, the ENGD direction computed in sample space.
 
     ``chain(scale_by_engd_woodbury(...), step_size_chain(residual_fn, learning_rate))``.
@@ -264,11 +276,15 @@ def engd_woodbury(residual_fn, damping, learning_rate="line_search", solver: str
         λ alone fails every step, as at the paper's 5d λ = 3.17e-12, this saves one failed
         O(N³/3) factorisation per step; the damping a step uses is then λ + δ of that rung
         even where a lower rung would have done.  Off by default.
+      jitter: (``solver="cholesky"``) ``"ladder"`` (default: a failed factorisation of
+        K + λI is retried with a growing jitter, then an eigh fallback) or ``"none"`` (the
+        paper's reference code: λ alone; a failed factorisation ends the run as diverged, with
+        its step, through the diagnostic ``solve_failed``).  For studies of the numerics.
     """
     return optax.chain(
         scale_by_engd_woodbury(residual_fn, damping, solver, sketch_size, seed, pcg_iters,
                                nystrom_shift, kernel, block_size, track_effective_dimension,
-                               jitter_warm_start),
+                               jitter_warm_start, jitter),
         step_size_chain(residual_fn, learning_rate))
 
 
@@ -276,7 +292,8 @@ def spring(residual_fn, damping, momentum, learning_rate="line_search",
            norm_constraint=DEFAULT_NORM_CONSTRAINT, solver: str = "cholesky", sketch_size=None,
            seed: int = 0, pcg_iters: int = 5, nystrom_shift=None, kernel: str = "dense",
            block_size: int = 512, track_effective_dimension: bool = False,
-           jitter_warm_start: bool = False) -> optax.GradientTransformationExtraArgs:
+           jitter_warm_start: bool = False, jitter: str = "ladder"
+           ) -> optax.GradientTransformationExtraArgs:
     """SPRING for PINNs (paper's Algorithm 1): ENGD-W with momentum μ and bias correction.
 
     ``chain(scale_by_spring(...), step_size_chain(residual_fn, learning_rate, C))``.
@@ -301,7 +318,7 @@ def spring(residual_fn, damping, momentum, learning_rate="line_search",
     return optax.chain(
         scale_by_spring(residual_fn, damping, momentum, solver, sketch_size, seed, pcg_iters,
                         nystrom_shift, kernel, block_size, track_effective_dimension,
-                        jitter_warm_start),
+                        jitter_warm_start, jitter),
         step_size_chain(residual_fn, learning_rate, norm_constraint))
 
 

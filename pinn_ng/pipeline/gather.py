@@ -38,12 +38,15 @@ ID_COLUMNS = ["run_id", "problem", "label", "display", "optimizer", "solver", "N
 #: ones) leave these columns empty: unknown, not zero.
 EVENT_COLUMNS = ["jitter_steps", "cholesky_fallback_steps", "shift_grown_steps",
                  "nonfinite_steps"]
+#: The first step (1-based) at which the solver jittered / fell back (None: never, or an
+#: older record): when a run's numerics first departed from the requested λ.
+FIRST_EVENT_COLUMNS = ["first_jitter_step", "first_cholesky_fallback_step"]
 #: The events that are fallbacks (a non-finite direction is a skipped step, not a fallback).
 FALLBACK_EVENTS = ["jitter_steps", "cholesky_fallback_steps", "shift_grown_steps"]
 SUMMARY_COLUMNS = ID_COLUMNS + [
     "final_l2", "best_l2", "final_rel_l2", "steps", "seconds", "seconds_per_step",
-    "median_seconds_per_step", "compile_seconds", "diverged", "reason", "stopped_by", *EVENT_COLUMNS, "fallback_steps",
-    "config_id", "hparams"]
+    "median_seconds_per_step", "compile_seconds", "diverged", "reason", "stopped_by",
+    *EVENT_COLUMNS, "fallback_steps", *FIRST_EVENT_COLUMNS, "config_id", "hparams"]
 SORT = ["problem", "label", "N", "P", "replicate", "run_id"]
 #: Spec keys that differ between replicates of one configuration.
 REPLICATE_KEYS = ("replicate", "data_seed", "model_seed")
@@ -82,7 +85,7 @@ def config_id(spec: dict) -> str:
 
 
 def _events(meta: dict) -> dict:
-    """The four event counts and ``fallback_steps``, their fallback sum.
+    """The four event counts, ``fallback_steps`` (their fallback sum) and the first steps.
 
     A record without ``events`` (written before the loop counted them) gives None (unknown)
     everywhere, never 0.  Within ``events``, an absent key is an event the optimizer cannot
@@ -91,8 +94,10 @@ def _events(meta: dict) -> dict:
     """
     events = meta.get("events")
     if not isinstance(events, dict):
-        return {**dict.fromkeys(EVENT_COLUMNS), "fallback_steps": None}
-    out = {k: (int(events[k]) if events.get(k) is not None else None) for k in EVENT_COLUMNS}
+        return {**dict.fromkeys(EVENT_COLUMNS), "fallback_steps": None,
+                **dict.fromkeys(FIRST_EVENT_COLUMNS)}
+    out = {k: (int(events[k]) if events.get(k) is not None else None)
+           for k in EVENT_COLUMNS + FIRST_EVENT_COLUMNS}
     fallbacks = [out[k] for k in FALLBACK_EVENTS if out[k] is not None]
     out["fallback_steps"] = sum(fallbacks) if fallbacks else None
     return out

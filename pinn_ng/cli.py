@@ -5,7 +5,9 @@
 ``pinn-ng run``            train once and write one run record (curve.csv + meta.json, atomically)
 ``pinn-ng gather``         run records -> results/curves.csv, summary.csv, experiments.csv
 ``pinn-ng figures``        tables -> figures/*.png (byte-identical from the same tables)
-``pinn-ng compare``        the paper's headline numbers next to ours -> paper_comparison.md
+``pinn-ng compare``        the paper's headline numbers next to ours -> paper_comparison.md;
+                           our L2 next to the authors' own runs at equal steps ->
+                           paper_equal_steps.csv, .md
 ``pinn-ng plan``           validate a pipeline preset and list its runs and figures
 ``pinn-ng tune …``         the tuning stage: trials (a stage's trial table), trial (run one),
                            failed (record a crashed trial), select (best.json and table),
@@ -163,7 +165,7 @@ def _cmd_gather(args) -> int:
 def _cmd_figures(args) -> int:
     from .pipeline import figures
 
-    allowed = figures.available(figures.load(args.results))
+    allowed = figures.available(figures.load(args.results), args.paper_dir)
     unknown = [n for n in args.figure or () if n not in allowed]
     if unknown:
         raise UsageError(f"--figure {unknown[0]!r}: not a figure of the tables in "
@@ -172,7 +174,7 @@ def _cmd_figures(args) -> int:
     out_dir = Path(args.out_dir)
     for name in names:
         path = Path(args.out) if args.out and len(names) == 1 else out_dir / f"{name}.png"
-        figures.draw(args.results, name, path, dpi=args.dpi)
+        figures.draw(args.results, name, path, dpi=args.dpi, paper_dir=args.paper_dir)
         print(path)
     return 0
 
@@ -187,7 +189,11 @@ def _cmd_compare(args) -> int:
         print(f"pinn-ng compare: {results} lacks {', '.join(missing)}; run `pinn-ng gather` "
               "(or snakemake) first", file=sys.stderr)
         return 2
-    print(compare.write(results, args.out or results / "paper_comparison.md"))
+    out = Path(args.out) if args.out else results / "paper_comparison.md"
+    # the equal-step tables first: a bad --paper-dir then leaves nothing half written
+    written = compare.write_equal_steps(results, out.parent, args.paper_dir)
+    print(compare.write(results, out))
+    print("\n".join(written))
     return 0
 
 
@@ -346,6 +352,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
 
 
+PAPER_DIR_HELP = ("the paper authors' logged histories (runs.csv and one CSV per run; "
+                  "default: the repository's results/reference/paper)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="pinn-ng", description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -400,11 +410,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", help="output file (one figure only)")
     sp.add_argument("--out-dir", default="figures")
     sp.add_argument("--dpi", type=int, default=110)
+    sp.add_argument("--paper-dir", help=PAPER_DIR_HELP)
     sp.set_defaults(func=_cmd_figures)
 
     sp = sub.add_parser("compare", help="the paper's headline numbers next to ours")
     sp.add_argument("--results", default="results", help="directory of the gathered tables")
-    sp.add_argument("--out", help="default: <results>/paper_comparison.md")
+    sp.add_argument("--out", help="default: <results>/paper_comparison.md; "
+                    "paper_equal_steps.csv and .md go beside it")
+    sp.add_argument("--paper-dir", help=PAPER_DIR_HELP)
     sp.set_defaults(func=_cmd_compare)
 
     sp = sub.add_parser("plan", help="validate a preset; list runs and figures")

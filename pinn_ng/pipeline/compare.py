@@ -12,6 +12,13 @@ Runs are found by experiment kind (``convergence``, ``scaling``, ``nystrom``,
 (Cholesky solve), ``engd_lstsq`` (least squares, as the paper's code), ``engd_w``,
 ``engd_w_fixed``, ``spring``, ``spring_fixed``, ``sgd``, ``adam``, ``hessian_free``,
 ``engd_w_nystrom``, ``engd_w_nystrom_gpu``.
+
+Also ``paper_equal_steps.csv`` and ``.md`` beside it (:func:`equal_steps`): every run of the
+tables that has one of the paper authors' logged runs (:mod:`pinn_ng.pipeline.paper_curves`)
+next to it at equal steps: at 10, 25, 50, 100, 250, 500, 1000, 2500, … where we evaluated, and
+at our last step, our L2, the paper's, their ratio, and a flag when the ratio is outside
+[1/3, 3].  A flagged run is explained by the human-written ``explanations.yaml`` beside the
+histories, or the table says it is not.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import records
+from . import paper_curves, records
 
 PROBLEM = "poisson5d"
 
@@ -218,3 +225,120 @@ def write(results_dir, out) -> str:
     text, _ = comparison(results_dir)
     records.atomic_write_text(out, text)
     return str(out)
+
+
+#: Ratios ours / paper outside [1 / RATIO_BOUND, RATIO_BOUND] are flagged.
+RATIO_BOUND = 3.0
+
+#: The columns of ``paper_equal_steps.csv``.
+EQUAL_STEPS_COLUMNS = ["problem", "label", "display", "run_id", "N", "P", "replicate", "step",
+                       "at", "ours_l2", "paper_l2", "paper_at", "ratio", "outside_3x",
+                       "paper_file", "paper_run"]
+
+
+def milestones(last: int) -> list[int]:
+    """10, 25, 50, 100, 250, 500, 1000, 2500, … up to ``last``."""
+    out, decade = [], 10
+    while decade <= last:
+        out += [m for m in (decade, decade * 5 // 2, decade * 5) if m <= last]
+        decade *= 10
+    return out
+
+
+def equal_steps(results_dir, paper_dir=None) -> pd.DataFrame:
+    """Our L2 next to the paper's logged run at equal steps (:data:`EQUAL_STEPS_COLUMNS`).
+
+    One row per run with a paper history and step: each of :func:`milestones` our curve has a
+    row at (``at`` = ``"milestone"``) and our last step (``"last"``).  ``paper_l2`` and
+    ``paper_at`` come from :func:`pinn_ng.pipeline.paper_curves.l2_at`; ``ratio`` is ours /
+    paper (NaN where either is); ``outside_3x`` flags a ratio outside [1/3, 3].
+    """
+    index = paper_curves.load_index(paper_dir)
+    summary = pd.read_csv(Path(results_dir) / "summary.csv")
+    curves = pd.read_csv(Path(results_dir) / "curves.csv")
+    rows = []
+    for _, run in summary.sort_values(["problem", "label", "N", "replicate", "run_id"],
+                                      kind="stable").iterrows():
+        ref = paper_curves.find(index, run["problem"], run["label"])
+        if ref is None:
+            continue
+        mine = curves[curves["run_id"] == run["run_id"]].sort_values("step")
+        if mine.empty:
+            continue
+        by_step = mine.drop_duplicates("step", keep="last").set_index("step")["l2"]
+        last = int(by_step.index.max())
+        steps = [(s, "milestone") for s in milestones(last) if s in by_step.index and s != last]
+        steps.append((last, "last"))
+        paper = paper_curves.l2_at(paper_curves.load_history(ref), [s for s, _ in steps])
+        for (s, at), p_l2, p_at in zip(steps, paper["paper_l2"], paper["paper_at"]):
+            ours = float(by_step[s])
+            ratio = ours / p_l2 if math.isfinite(ours) and math.isfinite(p_l2) else math.nan
+            rows.append({"problem": run["problem"], "label": run["label"],
+                         "display": run["display"], "run_id": run["run_id"], "N": run["N"],
+                         "P": run["P"], "replicate": run["replicate"], "step": s, "at": at,
+                         "ours_l2": ours, "paper_l2": p_l2, "paper_at": p_at, "ratio": ratio,
+                         "outside_3x": bool(math.isfinite(ratio) and not (
+                             1 / RATIO_BOUND <= ratio <= RATIO_BOUND)),
+                         "paper_file": ref["file"], "paper_run": ref["run"]})
+    return pd.DataFrame(rows, columns=EQUAL_STEPS_COLUMNS)
+
+
+def equal_steps_markdown(table: pd.DataFrame, paper_dir=None) -> str:
+    """:func:`equal_steps`'s table as Markdown: one table per run, its explanation under it."""
+    index = paper_curves.load_index(paper_dir)
+    notes = paper_curves.explanations(paper_dir)
+    where = "results/reference/paper/" if paper_dir is None else f"{paper_dir}/"
+    lines = ["# Our L2 error next to the paper authors' own runs, at equal steps", "",
+             f"Paper: the authors' logged best run of each optimizer ({where}; its README "
+             "says how they were run).  Step s is the state after s updates: "
+             "the authors' logged row s − 1.  Their logs are "
+             "sparse; between logged rows their L2 is interpolated linearly in (log step, "
+             "log L2) (column \"paper value\"); past their last logged row there is none.  "
+             f"Ratios outside [1/{RATIO_BOUND:g}, {RATIO_BOUND:g}] are flagged; the "
+             f"explanations come from {where}{paper_curves.EXPLANATIONS}.",
+             ""]
+    if table.empty:
+        lines.append("No run of these tables has a paper history (problems and labels: "
+                     + ", ".join(f"{p} {lab}" for p, lab in zip(index.problem, index.label))
+                     + "; also " + ", ".join(f"{a} (read as {b})" for a, b in
+                                             paper_curves.ALIASES.items()) + ").")
+        return "\n".join(lines) + "\n"
+    for problem, by_problem in table.groupby("problem", sort=False):
+        lines += [f"## {problem}", ""]
+        for run_id, t in by_problem.groupby("run_id", sort=False):
+            first = t.iloc[0]
+            ref = paper_curves.find(index, problem, first["label"])
+            note = notes.get(problem, {}).get(first["label"])
+            paper_n = int(ref["N_Omega"]) + int(ref["N_dOmega"])
+            lines += [f"### {first['display']} (`{first['label']}`), replicate "
+                      f"{int(first['replicate'])}, N = {int(first['N']):,}", "",
+                      f"Ours: `{run_id}`, P = {int(first['P']):,}"
+                      + ("" if int(first["N"]) == paper_n else
+                         f", not the paper's batch ({paper_n:,})")
+                      + f".  Paper: `{ref['file']}` ({ref['optimizer']}, run "
+                      f"{ref['run']}, net {ref['model']}, N_Ω = {int(ref['N_Omega']):,}, "
+                      f"N_∂Ω = {int(ref['N_dOmega']):,}, line search "
+                      f"{'yes' if str(ref['line_search']) == 'True' else 'no'}).", "",
+                      "| step | ours L2 | paper L2 | paper value | ours / paper | |",
+                      "|---:|---:|---:|---|---:|---|"]
+            for _, r in t.iterrows():
+                flag = "" if not r["outside_3x"] else (
+                    "outside 3× (explained below)" if note else "outside 3×, not explained")
+                step = f"{int(r['step'])}" + (" (our last)" if r["at"] == "last" else "")
+                lines.append(f"| {step} | {_fmt(r['ours_l2'])} | {_fmt(r['paper_l2'])} | "
+                             f"{r['paper_at']} | {_fmt(r['ratio'], '.3g')} | {flag} |")
+            lines.append("")
+            if note:
+                lines += [f"Explanation: {note}", ""]
+    return "\n".join(lines)
+
+
+def write_equal_steps(results_dir, out_dir, paper_dir=None) -> list[str]:
+    """Write ``paper_equal_steps.csv`` and ``.md`` into ``out_dir``; their paths."""
+    table = equal_steps(results_dir, paper_dir)
+    text = equal_steps_markdown(table, paper_dir)
+    csv_path, md_path = (Path(out_dir) / f"paper_equal_steps.{ext}" for ext in ("csv", "md"))
+    records.atomic_write_text(csv_path, table.to_csv(index=False, float_format="%.6g",
+                                                     lineterminator="\n"))
+    records.atomic_write_text(md_path, text)
+    return [str(csv_path), str(md_path)]

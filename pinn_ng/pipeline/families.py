@@ -4,7 +4,8 @@ A family is a kind of figure and the experiment kind that feeds it.  Experiments
 are named after their kind, optionally with a suffix (``convergence_100d``); the schema's
 pattern for experiment names (:func:`experiment_pattern`), the figures a plan promises
 (:func:`figure_names`), the figures the gathered tables allow (``figures.available``) and the
-figure a name stands for (:func:`parse_figure`) all come from :data:`FAMILIES`.
+figure a name stands for (:func:`parse_figure`) all come from :data:`FAMILIES`.  A family that
+is not ``planned`` is drawn where the gathered tables allow it but never promised by a plan.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ class Family(NamedTuple):
 
     experiment: str
     per_problem: bool
+    #: whether a plan promises it; False: it depends on more than the experiments' problems
+    #: (``paper_overlay``: on which runs have a paper history), so only the tables can tell
+    planned: bool = True
 
 
 #: Figure family -> its experiment kind; the order is the order of figures everywhere.
@@ -26,10 +30,11 @@ FAMILIES = {
     "convergence": Family("convergence", per_problem=True),
     "nystrom": Family("nystrom", per_problem=True),
     "effective_dimension": Family("effective_dimension", per_problem=False),
+    "paper_overlay": Family("convergence", per_problem=True, planned=False),
 }
 
-#: The experiment kinds, in the order of their families.
-EXPERIMENT_KINDS = tuple(f.experiment for f in FAMILIES.values())
+#: The experiment kinds, in the order of their families (a kind may feed several).
+EXPERIMENT_KINDS = tuple(dict.fromkeys(f.experiment for f in FAMILIES.values()))
 
 
 def experiment_pattern() -> str:
@@ -49,10 +54,11 @@ def experiment_kind(name: str) -> str:
 
 def figure_names(problems_by_kind: dict) -> list[str]:
     """The figures of the experiment kinds present: ``problems_by_kind`` maps a kind with runs
-    to the problems it ran on; per-problem families give one figure per problem."""
+    to the problems it ran on; per-problem families give one figure per problem.  Planned
+    families only."""
     out = []
     for family, spec in FAMILIES.items():
-        if spec.experiment not in problems_by_kind:
+        if not spec.planned or spec.experiment not in problems_by_kind:
             continue
         if spec.per_problem:
             out += [f"{family}_{p}" for p in sorted(problems_by_kind[spec.experiment])]

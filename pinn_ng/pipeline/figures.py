@@ -14,6 +14,13 @@ Each figure uses the runs of one experiment (``experiments.csv``):
   panel where no sketched run lowered its L2 error says so (the budget is too small to show
   the paper's effect).
 - ``effective_dimension``: d_eff / N over training (fig 6); the paper's 50 % marked.
+- ``paper_overlay_<problem>``: one panel per optimizer label whose convergence runs have a
+  logged run of the paper's authors (:mod:`pinn_ng.pipeline.paper_curves`): L2 error against
+  steps (log-log), ours in the label's colour, the paper's thin and grey (a logged row k at
+  step k + 1, the same count of updates as our step), our last step marked with the ratio
+  ours / paper there.  Available where the tables hold such runs; not promised by a plan.
+  Without ``paper_dir`` the repository's histories are used; where they are absent (installed
+  without the repository) there is no overlay, and the other figures are drawn as before.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import families, records
+from . import families, paper_curves, records
 
 
 def _setup():
@@ -51,14 +58,43 @@ def load(results_dir) -> dict:
     return tables
 
 
-def available(tables: dict) -> list[str]:
-    """The figures the gathered tables allow, in a fixed order."""
+def available(tables: dict, paper_dir=None) -> list[str]:
+    """The figures the gathered tables allow, in a fixed order: the planned families', then
+    ``paper_overlay_<problem>`` for each problem with a convergence run that has a paper
+    history (``paper_dir``: see :func:`_paper_index`)."""
     exp, summ = tables["experiments"], tables["summary"]
     problems_by_kind = {
         kind: set(summ.loc[summ.run_id.isin(set(exp.loc[exp["kind"] == kind, "run_id"])),
                            "problem"])
         for kind in set(exp["kind"]) if kind in families.EXPERIMENT_KINDS}
-    return families.figure_names(problems_by_kind)
+    names = families.figure_names(problems_by_kind)
+    conv = summ[summ.run_id.isin(set(exp.loc[exp["kind"] == "convergence", "run_id"]))]
+    conv = conv[[paper_curves.history_label(lab) is not None for lab in conv.label]]
+    index = _paper_index(paper_dir) if not conv.empty else None
+    if index is not None:
+        names += [f"paper_overlay_{p}" for p in sorted(set(conv.problem))
+                  if _paper_panels(conv, index, p)]
+    return names
+
+
+def _paper_index(paper_dir):
+    """The paper's histories; None where ``paper_dir`` is not given and the repository's copy
+    is absent (an installed wheel): no overlay then, rather than no figures at all."""
+    if paper_dir is None and not paper_curves.DEFAULT_DIR.is_dir():
+        return None
+    return paper_curves.load_index(paper_dir)
+
+
+def _paper_panels(summ, index, problem) -> list:
+    """``(display, label, history entry)`` of the labels on ``problem`` with a paper history,
+    in the order of their display names."""
+    out = []
+    for display, label in sorted(set(zip(summ.display[summ.problem == problem],
+                                          summ.label[summ.problem == problem]))):
+        ref = paper_curves.find(index, problem, label)
+        if ref is not None:
+            out.append((display, label, ref))
+    return out
 
 
 def _runs(tables, experiment, problem=None):
@@ -350,14 +386,69 @@ def fig_effective_dimension(tables, plt, sns, palette):
     return fig
 
 
-def draw(results_dir, name: str, out, dpi: int = 110) -> str:
-    """Draw figure ``name`` (``speedup``, ``convergence_<p>``, …) from the tables into ``out``."""
+def fig_paper_overlay(tables, plt, sns, palette, problem, paper_dir=None):
+    summ, curves = _runs(tables, "convergence", problem)
+    index = paper_curves.load_index(paper_dir)
+    panels = _paper_panels(summ, index, problem)
+    if not panels:
+        raise ValueError(f"no convergence run on {problem!r} has a paper history")
+    ncols = min(len(panels), 3)
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.3 * ncols, 3.6 * nrows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    # log axes: our step 0 (the untrained net, which the paper's logs lack) cannot be drawn
+    data = curves[(curves.step > 0) & np.isfinite(curves.l2) & (curves.l2 > 0)]
+    for ax, (display, label, ref) in zip(axes.flat, panels):
+        hist = paper_curves.load_history(ref)
+        color = palette[display]
+        ax.plot(hist.our_step, hist.l2_error, color="0.5", linewidth=0.9, label="paper")
+        runs = [g.sort_values("step") for _, g in data[data.label == label].groupby("run_id")]
+        if len(runs) == 1:
+            ax.plot(runs[0].step, runs[0].l2, color=color, marker="o", markersize=2.5,
+                    linewidth=1.3, label="ours")
+        elif runs:
+            grid, med, lo, hi = replicate_band(runs, "step")
+            ax.fill_between(grid, lo, hi, color=color, alpha=0.2, linewidth=0)
+            ax.plot(grid, med, color=color, linewidth=1.3,
+                    label=f"ours (median, min–max of {len(runs)})")
+        ratios = []
+        for i, r in enumerate(runs):
+            last = r.iloc[-1]
+            ax.plot(last.step, last.l2, linestyle="none", marker="o", markersize=7,
+                    markerfacecolor=color, markeredgecolor="black", zorder=5,
+                    label="our last step" if i == 0 else None)
+            paper = paper_curves.l2_at(hist, [int(last.step)]).paper_l2.iloc[0]
+            ratios.append((int(last.step), last.l2 / paper))
+        if ratios:
+            steps = sorted({s for s, _ in ratios})
+            ratio = np.median([q for _, q in ratios])
+            where = (f"step {steps[0]}" if len(steps) == 1 else
+                     f"steps {steps[0]}–{steps[-1]} (median)")
+            # the curves fall from upper left to lower right: the other two corners are free
+            ax.text(0.97, 0.96, f"at our last {where}:\nours / paper = "
+                    + (f"{ratio:.2g}" if np.isfinite(ratio) else "– (paper not logged)"),
+                    transform=ax.transAxes, fontsize=7, va="top", ha="right",
+                    bbox={"boxstyle": "round,pad=0.25", "fc": "white", "ec": "0.7"})
+        ax.set(xscale="log", yscale="log", xlabel="steps (updates)", ylabel="L2 error (RMS)")
+        ax.set_title(f"{display}\npaper run {ref['run']}, net {ref['model']}", fontsize=8)
+        ax.legend(fontsize=7, loc="lower left")
+    fig.suptitle(f"{problem}: our L2 error and the paper authors' logged run at equal steps\n"
+                 "(their row k is after k + 1 updates, drawn at step k + 1)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def draw(results_dir, name: str, out, dpi: int = 110, paper_dir=None) -> str:
+    """Draw figure ``name`` (``speedup``, ``convergence_<p>``, …) from the tables into ``out``;
+    ``paper_dir``: the paper's histories for ``paper_overlay_<p>`` (default: the repository's)."""
     plt, sns = _setup()
     tables = load(results_dir)
     palette = _palette(tables)
     family, problem = families.parse_figure(name)
     args = (problem,) if problem is not None else ()
-    fig = _DRAW[family](tables, plt, sns, palette, *args)
+    extra = {"paper_dir": paper_dir} if family == "paper_overlay" else {}
+    fig = _DRAW[family](tables, plt, sns, palette, *args, **extra)
     _save(fig, out, dpi)
     return str(out)
 

@@ -119,6 +119,32 @@ def test_every_preset_expands(name):
         runner.complete_spec({k: v for k, v in spec.items()})
 
 
+def test_fidelity_preset_runs_the_logged_configurations():
+    """The fidelity preset: paper nets and batches, step budgets, and the configurations of
+    the authors' logged runs: ENGD on its own smaller net (convergence only), SPRING 5d at the
+    logged μ beside the text's, SPRING on heat10d."""
+    plan = pcfg.plan(preset(REPO / "config" / "fidelity.yaml"))
+    specs = {(s["problem"], s["label"]): s for s in plan.runs.values()}
+    engd = specs["poisson5d", "engd"]
+    assert engd["widths"] == [5, 64, 48, 32, 16, 1] and engd["hparams"]["solver"] == "lstsq"
+    assert engd["max_steps"] == 50 and engd["max_seconds"] is None
+    assert specs["poisson5d", "engd_w"]["widths"] == [5, 64, 64, 48, 48, 1]
+    assert specs["poisson5d", "spring"]["hparams"]["momentum"] == 0.0633
+    assert specs["poisson5d", "spring_mu_text"]["hparams"]["momentum"] == 0.3115
+    assert specs["heat10d", "spring"]["widths"][0] == 11
+    assert (specs["poisson100d", "spring"]["n_interior"],
+            specs["poisson100d", "spring"]["n_boundary"]) == (100, 50)
+    assert specs["poisson5d", "sgd"]["max_steps"] == 1000
+    # the label's net applies to convergence experiments only: timing sweeps keep theirs
+    cfg = preset({"experiments": {"scaling": {"optimizers": ["engd"]}}})
+    scaling = [pcfg.plan(cfg, check_optimizers=False).runs[r]
+               for r in pcfg.plan(cfg, check_optimizers=False).experiments["scaling"]]
+    assert scaling and all(s["widths"] == [5, 64, 64, 48, 48, 1] for s in scaling)
+    with pytest.raises(pcfg.ConfigError, match="optimizers.engd.widths.poisson5d"):
+        pcfg.plan(preset(REPO / "config" / "fidelity.yaml",
+                         {"optimizers": {"engd": {"widths": {"poisson5d": [3, 8, 1]}}}}))
+
+
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_snakemake_dry_run(name, tmp_path):
     proc = snakemake(tmp_path, "-n", *PRESETS[name])

@@ -567,7 +567,14 @@ def plan(config: dict, schema_path=None, check_optimizers: bool = True) -> Plan:
             combos = [(b, nets[0]) for b in batches] + [(batches[0], n) for n in nets[1:]]
             for label in exp["optimizers"]:
                 opt = optimizers[label]
-                for (n_i, n_b), net in combos:
+                own_net = (opt.get("widths") or {}).get(pname)
+                if own_net is not None and kind == "convergence":
+                    # the label's own net (the paper's logged ENGD run used a smaller one)
+                    _check_widths(problem, own_net, f"optimizers.{label}.widths.{pname}")
+                    label_combos = [(b, own_net) for b, _ in combos]
+                else:
+                    label_combos = combos
+                for (n_i, n_b), net in label_combos:
                     hp = _hparams(opt, pname, n_i + n_b)
                     if kind == "effective_dimension":
                         hp["track_effective_dimension"] = True

@@ -37,9 +37,10 @@ from .pipeline.errors import UserError
 def _cmd_problems(args) -> int:
     from . import problems
 
+    width = max(len(name) for name in problems.names())
     for name in problems.names():
         p = problems.get(name)
-        print(f"{name:12s} D={p.input_dim:<4d} P={p.n_params:<9,d} N_Ω={p.n_interior:<5d} "
+        print(f"{name:{width}s} D={p.input_dim:<4d} P={p.n_params:<9,d} N_Ω={p.n_interior:<5d} "
               f"N_∂Ω={p.n_boundary:<5d} {p.description}")
     return 0
 

@@ -33,7 +33,7 @@ OPTIMIZERS = {
     "sgd": ("sgd", {}),
     "adam": ("adam", {}),
     "lbfgs": ("lbfgs", {}),
-    "hessian_free": ("hessian_free", {"cg_iters": 100}),
+    "hessian_free": ("hessian_free", {"cg_max_iter": 100}),
     "engd": ("engd", {"damping": DAMPING, "learning_rate": ETA}),
     "engd_line_search": ("engd", {"damping": DAMPING}),
     "engd_woodbury": ("engd_woodbury", {"damping": DAMPING, "learning_rate": ETA}),

@@ -841,7 +841,7 @@ SMOKE = {
     "sgd": dict(learning_rate=1e-6, momentum=0.0),  # small: the 100d loss is ~1e4
     "adam": dict(learning_rate=1e-3),
     "lbfgs": dict(),
-    "hessian_free": dict(cg_iters=10),
+    "hessian_free": dict(cg_max_iter=10),
     "engd": dict(damping=1e-6),
     "engd_woodbury": dict(damping=1e-6),
     "spring": dict(damping=1e-6, momentum=0.5),

@@ -152,7 +152,7 @@ def diagnostics(state, updates=None) -> dict:
     ``phi_norm``, ``step_size``, ``nonfinite``, the solver's numerical events (``jitter`` and
     ``cholesky_fallback`` for Cholesky solves, ``nystrom_shift`` and ``shift_grown`` for the
     Nyström sketches; see :class:`Diagnostics`), ``effective_dimension`` (when tracked) and
-    ``damping`` (Hessian-free's adaptive λ).
+    ``damping`` and ``cg_iterations`` (Hessian-free's adaptive λ and its CG iterations).
 
     ``step_size`` is the η actually applied, ‖updates‖ / ‖φ‖, when ``updates`` are given
     (whatever blocks produced it: a line search, a schedule, a cap); otherwise the η recorded
@@ -172,9 +172,10 @@ def diagnostics(state, updates=None) -> dict:
         if eta is not None:
             cap = _unique(state, "norm_scale")
             out["step_size"] = eta if cap is None else eta * cap
-    hf_damping = _unique(state, "damping", "HessianFreeState")
-    if hf_damping is not None:
-        out["damping"] = hf_damping
+    for key in ("damping", "cg_iterations"):
+        value = _unique(state, key, "HessianFreeState")
+        if value is not None:
+            out[key] = value
     return out
 
 

@@ -30,6 +30,13 @@ configfile: os.path.join(workflow.basedir, "config", "default.yaml")
 report: "report/workflow.rst"
 
 
+# Plugins (pinn_ng.plugins): a preset's `plugins` are paths relative to the preset file that
+# lists them (or module names); plan() loads them, with PINN_NG_PLUGINS and installed entry
+# points, before it checks a name, and every job inherits them through PINN_NG_PLUGINS.
+if config.get("plugins"):
+    config["plugins"] = pcfg.preset_plugins(
+        config, [os.path.join(workflow.basedir, "config", "default.yaml"),
+                 *map(str, workflow.overwrite_configfiles or ())])
 try:
     PLAN = pcfg.plan(config)
 except pcfg.ConfigError as err:  # the user's preset: one line naming the key, no traceback
@@ -43,6 +50,7 @@ GPUS = int(PLAN.config.get("gpus_per_run", 0) or 0)
 DEVICE = PLAN.config.get("device", "any")
 # every job's JAX (runs, trials, the Nyström table) shares one persistent compilation cache
 os.environ.update(PLAN.compilation_cache_env())
+os.environ.update(PLAN.plugins_env())
 NYSTROM_TABLE = shlex.join([sys.executable, os.path.join(workflow.basedir, "bench",
                                                          "nystrom_table.py")])
 

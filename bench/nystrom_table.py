@@ -69,9 +69,10 @@ def solve_args(k):
 
 def kernel(problem_name: str, n: int, widths=None, dtype="float64", seed: int = 0):
     """K = JJᵀ (N×N) of the problem's net (model seed 1) on a batch of N points."""
-    from pinn_ng import models, problems
+    from pinn_ng import models, plugins, problems
     from pinn_ng.residuals import ResidualFn
 
+    plugins.load()  # a plugin's problem works here too (PINN_NG_PLUGINS, as in every job)
     problem = problems.get(problem_name)
     n_b = max(1, round(n * problem.n_boundary / (problem.n_interior + problem.n_boundary)))
     init, apply = models.mlp(widths or problem.widths, dtype=dtype)

@@ -2,6 +2,7 @@
 
 ``pinn-ng problems``       list the PDE problems and their paper settings
 ``pinn-ng optimizers``     list the optimizers
+``pinn-ng networks``       list the networks
 ``pinn-ng run``            train once and write one run record (curve.csv + meta.json, atomically)
 ``pinn-ng gather``         run records -> results/curves.csv, summary.csv, experiments.csv
 ``pinn-ng figures``        tables -> figures/*.png (byte-identical from the same tables)
@@ -15,6 +16,9 @@
 
 The Snakefile drives run / gather / figures / compare; each also works by hand.  (The
 appendix-B Nyström table is a benchmark: ``python bench/nystrom_table.py``.)
+
+Every command first loads the plugins (:mod:`pinn_ng.plugins`: entry points of installed
+packages and ``PINN_NG_PLUGINS``), so that the names they register work everywhere.
 
 A user error (a bad flag, value, specification, preset or file) is one line on stderr naming
 the offending key or value and the allowed values, exit status 2, and no run record;
@@ -49,6 +53,14 @@ def _cmd_optimizers(args) -> int:
     from . import optim
 
     for name in optim.names():
+        print(name)
+    return 0
+
+
+def _cmd_networks(args) -> int:
+    from . import models
+
+    for name in models.names():
         print(name)
     return 0
 
@@ -122,7 +134,7 @@ def _cmd_run(args) -> int:
              "max_steps": args.max_steps, "max_seconds": args.max_seconds,
              "eval_every": args.eval_every, "data_seed": args.data_seed,
              "model_seed": args.model_seed, "dtype": args.dtype,
-             "batch_every": args.batch_every}
+             "batch_every": args.batch_every, "network": args.network}
     if args.widths:
         flags["widths"] = _widths(args.widths)
     spec.update({k: v for k, v in flags.items() if v is not None})
@@ -202,9 +214,9 @@ def _cmd_plan(args) -> int:
     from .pipeline import config as pcfg
 
     # As the Snakefile: the default preset first, then each file (a path or a shipped name).
-    cfg = pcfg.load_yaml(pcfg.preset_path(pcfg.DEFAULT_PRESET))
+    cfg = pcfg.load_preset(pcfg.preset_path(pcfg.DEFAULT_PRESET))
     for name in args.configfile:
-        cfg = pcfg.merge(cfg, pcfg.load_yaml(pcfg.preset_path(name)))
+        cfg = pcfg.merge(cfg, pcfg.load_preset(pcfg.preset_path(name)))
     for item in args.config or []:
         key, value = _key_value(item, "--config")
         cfg[key] = value
@@ -331,7 +343,7 @@ def _cmd_tune_final(args) -> int:
     args.spec = json.dumps(spec)
     for key in ("problem", "optimizer", "label", "n_interior", "n_boundary", "max_steps",
                 "max_seconds", "eval_every", "data_seed", "model_seed", "dtype", "widths",
-                "hparam", "batch_every"):
+                "hparam", "batch_every", "network"):
         setattr(args, key, None)  # the spec says it all (batch_every included, if not 1)
     args.no_progress = True
     if getattr(args, "device", None) is None:
@@ -368,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=_cmd_problems)
     sp = sub.add_parser("optimizers", help="list the optimizers")
     sp.set_defaults(func=_cmd_optimizers)
+    sp = sub.add_parser("networks", help="list the networks")
+    sp.set_defaults(func=_cmd_networks)
 
     sp = sub.add_parser("run", help="train once and write one run record",
                         description="Train once and write <out>/curve.csv and <out>/meta.json "
@@ -380,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--hparam", action="append", metavar="KEY=VALUE",
                     help="optimizer hyper-parameter, repeatable (e.g. damping=1e-7)")
     sp.add_argument("--widths", help="net layer sizes, e.g. 5,64,64,48,48,1 (default: paper's)")
+    sp.add_argument("--network", help="network name (pinn-ng networks; default mlp)")
     sp.add_argument("--n-interior", type=int, help="N_Ω per step (default: paper's)")
     sp.add_argument("--n-boundary", type=int, help="N_∂Ω per step (default: paper's)")
     sp.add_argument("--max-steps", type=int, help="step budget")
@@ -500,6 +515,11 @@ def main(argv=None) -> int:
 
     limit_blas_threads(1)  # OpenBLAS threads otherwise spin against XLA's (pinn_ng/blas.py)
     try:
+        # Plugins (entry points, PINN_NG_PLUGINS) before any name is read; a preset's own
+        # `plugins` are loaded when it is planned.
+        from . import plugins
+
+        plugins.load()
         return args.func(args)
     except (UserError, FileNotFoundError) as err:
         # The user's input (a flag, a value, a preset, a file): one line, exit 2.  A bug

@@ -1,4 +1,5 @@
-"""tanh multilayer perceptrons, the networks of every experiment in the paper."""
+"""tanh multilayer perceptrons, the networks of every experiment in the paper, and the registry
+of networks by name (:func:`register`, :func:`make`; the built-in one is ``mlp``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from .precision import resolve_dtype
+from .registry import Registry
 
 
 class MLP(NamedTuple):
@@ -65,4 +67,43 @@ def mlp(widths: Sequence[int], dtype=None) -> MLP:
 
     # marks the network for the structured forward-Laplacian path (pinn_ng.channels)
     apply.tanh_mlp_widths = widths
+    return MLP(init, apply)
+
+
+#: The networks by name: ``mlp``, then whatever plugins add (:func:`register`).
+REGISTRY = Registry("network")
+
+
+def register(name: str, **meta) -> Callable:
+    """Decorator: register a network factory ``(widths, dtype) -> (init, apply)`` under
+    ``name``: ``init(key) -> params`` (any pytree) and ``apply(params, x) -> scalar`` at one
+    point ``x`` of shape ``(widths[0],)``.  Such a network trains with every optimizer through
+    the folx path; the structured path and KFAC need :func:`mlp`.  A taken name raises
+    ``ValueError``."""
+    return REGISTRY.register(name, **meta)
+
+
+register("mlp")(mlp)
+
+
+def names() -> list[str]:
+    """Names accepted by :func:`make`."""
+    return REGISTRY.names()
+
+
+def make(name: str, widths: Sequence[int], dtype=None) -> MLP:
+    """Network ``name`` with layer sizes ``widths``: an ``(init, apply)`` pair.
+
+    An unknown name raises ``KeyError`` listing the valid ones; a factory that returns anything
+    but two callables raises ``TypeError`` naming where it was registered.
+    """
+    entry = REGISTRY.entry(name)
+    net = entry.factory(widths, dtype)
+    try:
+        init, apply = net
+    except (TypeError, ValueError):
+        init = apply = None
+    if not (callable(init) and callable(apply)):
+        raise TypeError(f"network {name!r}: the factory registered by {entry.origin} returned "
+                        f"{type(net).__name__}, not a pair (init, apply) of functions")
     return MLP(init, apply)

@@ -1,4 +1,4 @@
-"""The PDE problems of the paper, one registry: ``get(name)``, ``names()``.
+"""The PDE problems of the paper, one registry: ``get(name)``, ``names()``, ``register(name)``.
 
 Every problem is a :class:`Problem`: domain, exact solution ``u*``, interior operator and
 source, boundary / initial samplers, the paper's network widths and batch sizes, and a fixed
@@ -20,6 +20,7 @@ from . import metrics
 from .models import n_params
 from .operators import partial_derivative, value_grad_laplacian
 from .precision import resolve_dtype
+from .registry import Registry
 
 #: Seed of every problem's evaluation set (independent of the data and model seeds of runs).
 EVAL_SEED = 20251128
@@ -359,28 +360,49 @@ def log_fokker_planck(d: int = 9, half_width: float = 5.0) -> Problem:
     )
 
 
-_REGISTRY: dict[str, Callable[[], Problem]] = {
-    "poisson2d": lambda: poisson_sin(2),
-    "poisson5d": lambda: poisson_cos(5),
-    "poisson10d": lambda: poisson_harmonic(10),
-    "poisson100d": lambda: poisson_square(100),
-    "poisson10d_raw": lambda: poisson_harmonic(10, normalised=False),
-    "poisson100d_raw": lambda: poisson_square(100, normalised=False),
-    "heat4d": lambda: heat(4),
-    "heat10d": lambda: heat(10),
-    "logfp9d": lambda: log_fokker_planck(9),
-}
+#: The problems by name: the paper's, then whatever plugins add (:func:`register`).
+REGISTRY = Registry("problem")
+
+
+def register(name: str, **meta) -> Callable:
+    """Decorator: register a zero-argument factory that returns a :class:`Problem` called
+    ``name``, so that ``pinn-ng run --problem name`` and presets find it.
+
+    ``name``: a letter, then letters, digits and underscores; a taken name raises
+    ``ValueError`` naming who registered it.  The factory is called by every :func:`get`.
+    """
+    return REGISTRY.register(name, **meta)
+
+
+register("poisson2d")(lambda: poisson_sin(2))
+register("poisson5d")(lambda: poisson_cos(5))
+register("poisson10d")(lambda: poisson_harmonic(10))
+register("poisson100d")(lambda: poisson_square(100))
+register("poisson10d_raw")(lambda: poisson_harmonic(10, normalised=False))
+register("poisson100d_raw")(lambda: poisson_square(100, normalised=False))
+register("heat4d")(lambda: heat(4))
+register("heat10d")(lambda: heat(10))
+register("logfp9d")(lambda: log_fokker_planck(9))
 
 
 def names() -> list[str]:
-    """Names accepted by :func:`get`."""
-    return list(_REGISTRY)
+    """Names accepted by :func:`get` (the built-ins first, then registered plugins)."""
+    return REGISTRY.names()
 
 
 def get(name: str) -> Problem:
-    """The problem called ``name``; an unknown name raises ``KeyError`` listing the valid ones."""
-    try:
-        factory = _REGISTRY[name]
-    except (KeyError, TypeError):
-        raise KeyError(f"unknown problem {name!r}; valid problems: {names()}") from None
-    return factory()
+    """The problem called ``name``; an unknown name raises ``KeyError`` listing the valid ones.
+
+    A factory that returns something other than a :class:`Problem` raises ``TypeError``, and
+    one whose problem has another name raises ``ValueError`` (tables and run records key on
+    the name), each naming where the factory was registered.
+    """
+    entry = REGISTRY.entry(name)
+    problem = entry.factory()
+    if not isinstance(problem, Problem):
+        raise TypeError(f"problem {name!r}: the factory registered by {entry.origin} returned "
+                        f"{type(problem).__name__}, not a pinn_ng.problems.Problem")
+    if problem.name != name:
+        raise ValueError(f"problem {name!r}: the factory registered by {entry.origin} returned "
+                         f"a Problem named {problem.name!r}; give it name={name!r}")
+    return problem

@@ -9,6 +9,10 @@
 matrix-free products) or any callable ``(params, batch) -> r`` (J then falls back to
 ``jax.jacrev``: correct, but only sensible for small problems).
 
+**By name.**  :func:`make`, :func:`names`, :func:`hyperparameters` and :func:`uses_grads`
+read one registry (``REGISTRY``); :func:`register` adds an optimizer of your own to it, and
+:mod:`pinn_ng.plugins` loads such registrations for the command line and the pipeline.
+
 **Blocks.**  Each natural-gradient optimizer is an ``optax.chain`` of a *direction* block and
 a *step-size* block, like optax's own aliases (``adam = chain(scale_by_adam, scale_by_lr)``):
 
@@ -37,13 +41,15 @@ state (``optax.tree_utils.tree_get``).  Where each path pays:
 from __future__ import annotations
 
 import inspect
-from typing import Callable, NamedTuple
+from collections.abc import Mapping
+from typing import Callable
 
 import jax.numpy as jnp
 import optax
 import optax.tree_utils as otu
 from jax.flatten_util import ravel_pytree
 
+from ..registry import Registry
 from . import solvers
 from .baselines import adam, lbfgs, sgd
 from .common import EVENT_FIELDS, Diagnostics
@@ -55,56 +61,71 @@ from .step_size import (grid_line_search, scale_by_grid_line_search, scale_by_no
 from .woodbury import engd_woodbury, scale_by_engd_woodbury, scale_by_spring, spring
 
 
-class _Spec(NamedTuple):
-    factory: Callable
-    uses_grads: bool
+#: The optimizers by name: the paper's, then whatever plugins add (:func:`register`).
+REGISTRY = Registry("optimizer")
 
 
-_REGISTRY = {
-    "sgd": _Spec(sgd, True),
-    "adam": _Spec(adam, True),
-    "lbfgs": _Spec(lbfgs, True),
-    "hessian_free": _Spec(hessian_free, False),
-    "engd": _Spec(engd, False),
-    "engd_woodbury": _Spec(engd_woodbury, False),
-    "spring": _Spec(spring, False),
-    "kfac": _Spec(kfac, False),
-    "kfac_star": _Spec(kfac_star, False),
-}
-#: Optimizers that are named but not built yet: ``make`` explains instead of "unknown".
-_PLANNED: dict[str, str] = {}
+def register(name: str, *, uses_grads: bool = False, hyperparameters=None) -> Callable:
+    """Decorator: register an optimizer factory ``(residual_fn, **hparams) ->
+    optax.GradientTransformationExtraArgs`` under ``name``, for :func:`make`, ``pinn-ng run
+    --optimizer name``, presets and tuning spaces.
+
+    ``uses_grads``: whether ``update`` reads its ``grads`` argument (the training loop then
+    computes the gradient of ½‖r‖²; otherwise it passes ``None``).  ``hyperparameters``:
+    ``{name: default}`` (``inspect.Parameter.empty`` where required) when the factory takes
+    ``**kwargs``; by default they are read from the factory's signature.  A factory may also
+    return a plain ``optax.GradientTransformation``: :func:`make` adds the ``batch=`` extra
+    argument support.  A taken name raises ``ValueError`` naming who registered it.
+    """
+    if hyperparameters is not None:
+        if not isinstance(hyperparameters, Mapping) or not all(
+                isinstance(k, str) and k.isidentifier() for k in hyperparameters):
+            raise TypeError(f"optimizer {name!r}: hyperparameters must be a mapping "
+                            f"{{name: default}}, got {hyperparameters!r}")
+        hyperparameters = dict(hyperparameters)
+    return REGISTRY.register(name, uses_grads=bool(uses_grads), hyperparameters=hyperparameters)
+
+
+register("sgd", uses_grads=True)(sgd)
+register("adam", uses_grads=True)(adam)
+register("lbfgs", uses_grads=True)(lbfgs)
+register("hessian_free")(hessian_free)
+register("engd")(engd)
+register("engd_woodbury")(engd_woodbury)
+register("spring")(spring)
+register("kfac")(kfac)
+register("kfac_star")(kfac_star)
 
 #: Arguments that :func:`inject_hyperparams` turns into state (numbers or schedules).
 HYPERPARAMS = ("damping", "momentum", "learning_rate", "norm_constraint", "ema_decay")
 
 
 def names() -> list[str]:
-    """Names accepted by :func:`make`."""
-    return list(_REGISTRY)
-
-
-def _spec(name: str) -> _Spec:
-    if name in _PLANNED:
-        raise NotImplementedError(_PLANNED[name])
-    try:
-        return _REGISTRY[name]
-    except (KeyError, TypeError):
-        raise KeyError(f"unknown optimizer {name!r}; valid optimizers: {names()}") from None
+    """Names accepted by :func:`make` (the built-ins first, then registered plugins)."""
+    return REGISTRY.names()
 
 
 def hyperparameters(name: str) -> dict:
     """``{hyper-parameter: default}`` of optimizer ``name`` (``inspect.Parameter.empty``
-    where required); ``residual_fn`` is not listed."""
-    sig = inspect.signature(_spec(name).factory)
-    return {k: p.default for k, p in sig.parameters.items() if k != "residual_fn"}
+    where required): as registered, else from the factory's signature without
+    ``residual_fn``."""
+    entry = REGISTRY.entry(name)
+    declared = entry.meta.get("hyperparameters")
+    if declared is not None:
+        return dict(declared)
+    sig = inspect.signature(entry.factory)
+    return {k: p.default for k, p in sig.parameters.items()
+            if k != "residual_fn" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 
 def make(name: str, residual_fn, **hparams) -> optax.GradientTransformationExtraArgs:
     """Build optimizer ``name`` for ``residual_fn`` with keyword hyper-parameters.
 
-    An unknown or missing hyper-parameter raises ``ValueError`` naming it and the valid ones.
+    An unknown or missing hyper-parameter raises ``ValueError`` naming it and the valid ones;
+    a factory that returns no optax transformation raises ``TypeError`` naming where it was
+    registered.
     """
-    spec = _spec(name)
+    entry = REGISTRY.entry(name)
     valid = hyperparameters(name)
     unknown = sorted(set(hparams) - set(valid))
     if unknown:
@@ -115,13 +136,22 @@ def make(name: str, residual_fn, **hparams) -> optax.GradientTransformationExtra
     if missing:
         raise ValueError(f"optimizer {name!r}: missing hyper-parameter"
                          f"{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}")
-    return spec.factory(residual_fn, **hparams)
+    if entry.meta.get("hyperparameters") is not None:  # declared defaults: make passes them
+        hparams = {**{k: d for k, d in valid.items() if d is not inspect.Parameter.empty},
+                   **hparams}
+    opt = entry.factory(residual_fn, **hparams)
+    if isinstance(opt, optax.GradientTransformationExtraArgs):
+        return opt
+    if isinstance(opt, optax.GradientTransformation):
+        return optax.with_extra_args_support(opt)  # ignores batch=, as sgd and adam do
+    raise TypeError(f"optimizer {name!r}: the factory registered by {entry.origin} returned "
+                    f"{type(opt).__name__}, not an optax.GradientTransformation")
 
 
 def uses_grads(name: str) -> bool:
     """Whether ``update`` reads its ``grads`` argument (False for the natural-gradient family,
     which is called with ``None``)."""
-    return _spec(name).uses_grads
+    return REGISTRY.entry(name).meta["uses_grads"]
 
 
 def inject_hyperparams(factory: Callable, hyperparams=HYPERPARAMS) -> Callable:
@@ -182,6 +212,7 @@ def diagnostics(state, updates=None) -> dict:
 __all__ = [
     "EVENT_FIELDS",
     "HYPERPARAMS",
+    "REGISTRY",
     "Diagnostics",
     "adam",
     "diagnostics",
@@ -196,6 +227,7 @@ __all__ = [
     "lbfgs",
     "make",
     "names",
+    "register",
     "scale_by_engd",
     "scale_by_engd_woodbury",
     "scale_by_grid_line_search",

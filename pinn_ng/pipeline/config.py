@@ -8,7 +8,9 @@ then checks the result against the schema (:func:`load_schema`: ``presets/schema
 the registries' names filled in) and a few rules the schema cannot express (labels that exist,
 nets that fit the problem), and expands the experiments into one run specification per run.
 All of it happens when the Snakefile is parsed, so a bad value stops the pipeline before any
-run starts, with the key and the allowed values.
+run starts, with the key and the allowed values.  Plugins come first: the preset's ``plugins``
+(files relative to the preset, or module names), ``PINN_NG_PLUGINS`` and installed entry
+points (:mod:`pinn_ng.plugins`), so that the names they register are valid values everywhere.
 
 Experiments (each feeds one figure family, :data:`pinn_ng.pipeline.families.FAMILIES`):
 
@@ -46,6 +48,7 @@ from pathlib import Path
 
 import yaml
 
+from .. import plugins
 from . import families, tuning
 from .errors import UserError
 
@@ -114,15 +117,55 @@ def load_yaml(path) -> dict:
     return data
 
 
+def load_preset(path) -> dict:
+    """A preset file (:func:`load_yaml`) with its ``plugins`` paths made absolute against the
+    file's directory, as a preset's plugins are written."""
+    data = load_yaml(path)
+    if isinstance(data.get("plugins"), list):
+        data["plugins"] = plugins.resolve(data["plugins"], Path(path).resolve().parent)
+    return data
+
+
+def preset_plugins(config: dict, preset_files) -> list | None:
+    """The merged ``config``'s ``plugins`` with paths absolute: against the directory of the
+    last of ``preset_files`` (in merge order) that gives this list, else against the working
+    directory (``--config plugins=[…]``).  For the Snakefile, where Snakemake has merged the
+    files already."""
+    value = config.get("plugins")
+    if not isinstance(value, list) or not value:
+        return value
+    for path in reversed([str(f) for f in preset_files]):
+        if os.path.isfile(path) and load_yaml(path).get("plugins") == value:
+            return plugins.resolve(value, Path(path).resolve().parent)
+    return plugins.resolve(value, os.getcwd())
+
+
+def _load_plugins(config: dict) -> None:
+    """Load the plugins of ``PINN_NG_PLUGINS``, installed entry points and the preset's
+    ``plugins`` (before the schema: the names they register are allowed values)."""
+    value = config.get("plugins")
+    if value is None:
+        value = []
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ConfigError(f"invalid pipeline preset:\n  config key plugins: {value!r} is not a "
+                          "list of plugins (.py files, relative to the preset, or module names)")
+    try:
+        plugins.load(value)
+    except plugins.PluginError as err:
+        raise ConfigError(str(err)) from None
+
+
 def load_schema(path=None) -> dict:
-    """The preset schema with the names that live in the code filled in: the problem and
-    optimizer enums from their registries, the experiment-name pattern from the families."""
-    from .. import optim, problems
+    """The preset schema with the names that live in the code filled in: the problem, network
+    and optimizer enums from their registries (plugins included, once loaded), the
+    experiment-name pattern from the families."""
+    from .. import models, optim, problems
 
     schema = load_yaml(path or default_schema_path())
     defs = schema.setdefault("$defs", {})
     defs.setdefault("problem_name", {})["enum"] = problems.names()
     defs.setdefault("optimizer_name", {})["enum"] = optim.names()
+    defs.setdefault("network_name", {})["enum"] = models.names()
     experiments = schema.get("properties", {}).get("experiments")
     if isinstance(experiments, dict):
         experiments.setdefault("propertyNames", {})["pattern"] = families.experiment_pattern()
@@ -273,6 +316,11 @@ class Plan:
         n = int(self.config.get("run_threads", 0) or 0)
         return max(1, min(n, cores)) if n else max(1, cores)
 
+    def plugins_env(self) -> dict[str, str]:
+        """Environment that makes every job load the plugins this plan loaded: those of
+        ``PINN_NG_PLUGINS`` and the preset's ``plugins``, paths absolute ({} if none)."""
+        return plugins.env_with(self.config.get("plugins") or ())
+
     def compilation_cache_env(self) -> dict[str, str]:
         """Environment that points every job's JAX at the preset's persistent compilation
         cache (``compilation_cache``; none if it is null).
@@ -320,6 +368,13 @@ def _problem_settings(config: dict, name: str):
     return problem, list(widths), list(batch)
 
 
+def _network(config: dict, name: str) -> dict:
+    """``{"network": …}`` for a problem whose preset entry names a network other than the
+    built-in ``mlp``; ``{}`` otherwise (run ids of ``mlp`` runs stay as they were)."""
+    network = ((config.get("problems") or {}).get(name) or {}).get("network") or "mlp"
+    return {} if network == "mlp" else {"network": network}
+
+
 def _check_widths(problem, widths, where: str) -> None:
     if widths[0] != problem.input_dim or widths[-1] != 1:
         raise ConfigError(
@@ -347,19 +402,6 @@ def _bad(where: str, msg: str) -> ConfigError:
     return ConfigError(f"invalid pipeline preset:\n  config key {where}: {msg}")
 
 
-def _planned(name: str) -> bool:
-    """An optimizer name the registry announces but does not implement yet (e.g. ``kfac``)."""
-    from .. import optim
-
-    try:
-        optim.uses_grads(name)
-    except NotImplementedError:
-        return True
-    except (KeyError, TypeError):
-        return False
-    return False
-
-
 def _space(config: dict, label: str, problem: str | None = None) -> tuple:
     """The dimensions of ``tuning.spaces.<label>``, those of ``per_problem.<problem>``
     replacing (or adding to) them."""
@@ -382,10 +424,8 @@ def _space(config: dict, label: str, problem: str | None = None) -> tuple:
 
 def _check_spaces(config: dict) -> None:
     """Every space: keyed by an optimizer label under ``optimizers`` or by an optimizer's
-    name (``kfac``: a space waiting for its label), ranges lo < hi (lo > 0 on a log scale),
-    and hyper-parameters the optimizer has.  A planned optimizer (in the registry's list of
-    planned names, not implemented yet) has no hyper-parameters to check: its space is checked
-    for its form only until it exists."""
+    name (a space waiting for its label), ranges lo < hi (lo > 0 on a log scale), and
+    hyper-parameters the optimizer has."""
     from .. import optim
 
     spaces = (config.get("tuning") or {}).get("spaces") or {}
@@ -393,7 +433,7 @@ def _check_spaces(config: dict) -> None:
     for label, entry in spaces.items():
         if label in optimizers:
             name = optimizers[label]["optimizer"]
-        elif label in optim.names() or _planned(label):
+        elif label in optim.names():
             name = label
         else:
             raise _bad(f"tuning.spaces.{label}",
@@ -401,8 +441,6 @@ def _check_spaces(config: dict) -> None:
                        f"`optimizers`: {sorted(optimizers)}")
         for problem in [None, *sorted((entry.get("per_problem") or {}))]:
             dims = _space(config, label, problem)
-            if _planned(name):
-                continue
             valid = optim.hyperparameters(name)
             for d in dims:
                 if d.name not in valid:
@@ -423,10 +461,8 @@ def _studies(config: dict, scale: float) -> dict:
         where = f"tuning.studies.{name}"
         for i, label in enumerate(st["optimizers"]):
             if label not in config["optimizers"]:
-                extra = (f" ({label!r} is a planned optimizer, not implemented yet)"
-                         if _planned(label) else "")
                 raise _bad(f"{where}.optimizers[{i}]",
-                           f"{label!r} is not a defined optimizer label{extra}; defined under "
+                           f"{label!r} is not a defined optimizer label; defined under "
                            f"`optimizers`: {sorted(config['optimizers'])}")
         budget = st["budget"]
         steps, seconds = budget.get("steps"), budget.get("seconds")
@@ -458,7 +494,8 @@ def _studies(config: dict, scale: float) -> dict:
                             "data_seed": int(config["data_seed"]),
                             "model_seed": int(config["model_seed"]),
                             "max_steps": steps, "max_seconds": run_seconds,
-                            "eval_every": eval_every, "dtype": config["dtype"]}
+                            "eval_every": eval_every, "dtype": config["dtype"],
+                            **_network(config, pname)}
                     search = tuning.Search(pname, label, opt["optimizer"], int(n_i + n_b),
                                            dims, base, tuple(st["trials"]))
                     if any(s.key == search.key for s in study.searches):
@@ -516,6 +553,7 @@ def plan(config: dict, schema_path=None, check_optimizers: bool = True) -> Plan:
     compilation), so that a bad hyper-parameter fails here rather than in a run.
     """
     config = coerce(copy.deepcopy(dict(config)))
+    _load_plugins(config)
     schema = load_schema(schema_path)
     validate(config, schema)
 
@@ -589,6 +627,7 @@ def plan(config: dict, schema_path=None, check_optimizers: bool = True) -> Plan:
                             "model_seed": int(config["model_seed"]) + rep,
                             "max_steps": steps, "max_seconds": run_seconds,
                             "eval_every": eval_every, "dtype": config["dtype"],
+                            **_network(config, pname),
                         }
                         batch_every = _batch_every(opt, pname)
                         if batch_every != 1:  # absent when 1: earlier run ids stay valid
@@ -633,7 +672,8 @@ def check_hyperparameters(p: Plan) -> None:
             continue
         seen.add(key)
         problem = problems.get(spec["problem"])
-        residual_fn = ResidualFn(problem, models.mlp(spec["widths"], dtype="float32").apply)
+        net = models.make(spec.get("network", "mlp"), spec["widths"], dtype="float32")
+        residual_fn = ResidualFn(problem, net.apply)
         try:
             optim.make(spec["optimizer"], residual_fn, **spec["hparams"])
         except (KeyError, TypeError, ValueError) as err:

@@ -5,8 +5,9 @@
 
 Follows one ENGD-W trajectory (the default preset's line-search configuration: λ = 3.17e-12,
 jitter ladder with warm start; the paper's net 5-64-64-48-48-1, N = 3000 + 500, float64,
-data seed 0, model seed 1).  At every step, *before* the update, it forms K at that step's
-parameters and batch in three ways from the same J:
+data seed 0, model seed 1; ``--network mlp_torch`` starts from the authors' initialisation).
+At every step, *before* the update, it forms K at that step's parameters and batch in three
+ways from the same J:
 
 - ``lower blocks``: the library's assembly (row blocks of the lower triangle,
   :func:`pinn_ng.gram.kernel_lower_from_jacobian`);
@@ -37,6 +38,8 @@ FORMATIONS = ("lower blocks", "per-layer GEMMs", "one GEMM")
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=30, help="steps of the trajectory (default 30)")
+    ap.add_argument("--network", default="mlp", help="registered network (pinn-ng networks; "
+                    "mlp_torch: the authors' initialisation); default mlp")
     ap.add_argument("--damping", type=float, default=None,
                     help="λ of the factorisation test (default: the preset's 5d ENGD-W λ)")
     args = ap.parse_args(argv)
@@ -57,7 +60,9 @@ def main(argv=None) -> int:
 
     pinn_ng.enable_x64()
     problem = problems.get("poisson5d")
-    init, apply = models.mlp(problem.widths)
+    if args.network not in models.names():
+        ap.error(f"--network: unknown network {args.network!r}; valid: {models.names()}")
+    init, apply = models.make(args.network, problem.widths, "float64")
     params = init(jax.random.PRNGKey(1))
     rf = ResidualFn(problem, apply)
     opt_cfg = config.load_yaml(config.preset_path("default"))["optimizers"]["engd_w"]
@@ -93,7 +98,7 @@ def main(argv=None) -> int:
         diff_lower = jnp.max(jnp.where(low, jnp.abs(lower - full), 0.0)) / scale
         return (ok(lower), ok(layers), ok(full)), diff_lower, diff_layers, scale
 
-    print(f"device: {jax.devices()[0].device_kind}, float64; poisson5d, P = "
+    print(f"device: {jax.devices()[0].device_kind}, float64; poisson5d, {args.network}, P = "
           f"{models.n_params(problem.widths)}, N = {problem.n_interior} + {problem.n_boundary}; "
           f"factorisation test at λ = {lam:g}; trajectory: engd_woodbury {hp}", flush=True)
     print("| step | " + " | ".join(FORMATIONS) + " | max|K_lower − K_one| / max|K| | "

@@ -25,14 +25,19 @@ def n_params(widths: Sequence[int]) -> int:
     return sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
 
 
-def mlp(widths: Sequence[int], dtype=None) -> MLP:
+#: Initialisation schemes of :func:`mlp`.
+INITS = ("glorot_normal", "torch")
+
+
+def mlp(widths: Sequence[int], dtype=None, init: str = "glorot_normal") -> MLP:
     """A tanh MLP with layer sizes ``widths`` (input dim first, output 1 last).
 
     Hidden layers use tanh, the output layer is linear, as in the paper.  ``params`` is a list
-    of ``(W, b)`` pairs with ``W`` of shape ``(fan_in, fan_out)``; weights are drawn with
-    the Glorot/Xavier-normal scheme (PyTorch's ``nn.Linear`` default in the reference code is
-    uniform; any sensible scheme carries over since every optimizer sees the same start), biases
-    at zero.  ``apply(params, x)`` maps one point ``x`` of shape ``(widths[0],)`` to a scalar;
+    of ``(W, b)`` pairs with ``W`` of shape ``(fan_in, fan_out)``.  ``init``:
+    ``"glorot_normal"`` (default: W ~ N(0, 2/(fan_in + fan_out)), b = 0) or ``"torch"`` (the
+    authors' reference code, PyTorch's ``nn.Linear`` default: W and b ~ U(±1/√fan_in)).  The
+    start matters for the curvature methods: Hessian-free's early steps on Poisson 5d differ
+    several-fold between the two (network ``mlp_torch`` in the registry).  ``apply(params, x)`` maps one point ``x`` of shape ``(widths[0],)`` to a scalar;
     vmap it for batches.  ``apply.tanh_mlp_widths`` records ``widths``: residuals of such a
     network take the structured path of :mod:`pinn_ng.channels` instead of folx.
     """
@@ -41,6 +46,9 @@ def mlp(widths: Sequence[int], dtype=None) -> MLP:
         raise ValueError(f"widths must be >= 2 positive layer sizes, got {widths}")
     if widths[-1] != 1:
         raise ValueError(f"the PINN output must be scalar (last width 1), got {widths}")
+    if init not in INITS:
+        raise ValueError(f"unknown initialisation {init!r}; valid: {list(INITS)}")
+    scheme = init
     dtype_ = resolve_dtype(dtype)
     d_in = widths[0]
 
@@ -48,9 +56,15 @@ def mlp(widths: Sequence[int], dtype=None) -> MLP:
         params = []
         keys = jax.random.split(key, len(widths) - 1)
         for k, (fan_in, fan_out) in zip(keys, zip(widths[:-1], widths[1:])):
-            std = jnp.sqrt(2.0 / (fan_in + fan_out))
-            w = std * jax.random.normal(k, (fan_in, fan_out), dtype=dtype_)
-            b = jnp.zeros((fan_out,), dtype=dtype_)
+            if scheme == "torch":
+                bound = 1.0 / jnp.sqrt(fan_in)
+                k_w, k_b = jax.random.split(k)
+                w = jax.random.uniform(k_w, (fan_in, fan_out), dtype_, -bound, bound)
+                b = jax.random.uniform(k_b, (fan_out,), dtype_, -bound, bound)
+            else:
+                std = jnp.sqrt(2.0 / (fan_in + fan_out))
+                w = std * jax.random.normal(k, (fan_in, fan_out), dtype=dtype_)
+                b = jnp.zeros((fan_out,), dtype=dtype_)
             params.append((w, b))
         return params
 
@@ -84,6 +98,12 @@ def register(name: str, **meta) -> Callable:
 
 
 register("mlp")(mlp)
+
+
+@register("mlp_torch")
+def mlp_torch(widths: Sequence[int], dtype=None) -> MLP:
+    """:func:`mlp` initialised as the authors' reference code (PyTorch's default)."""
+    return mlp(widths, dtype, init="torch")
 
 
 def names() -> list[str]:

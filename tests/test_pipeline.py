@@ -135,6 +135,8 @@ def test_fidelity_preset_runs_the_logged_configurations():
     assert (specs["poisson100d", "spring"]["n_interior"],
             specs["poisson100d", "spring"]["n_boundary"]) == (100, 50)
     assert specs["poisson5d", "sgd"]["max_steps"] == 1000
+    # every run starts from the authors' initialisation
+    assert {s.get("network") for s in plan.runs.values()} == {"mlp_torch"}
     # the label's net applies to convergence experiments only: timing sweeps keep theirs
     cfg = preset({"experiments": {"scaling": {"optimizers": ["engd"]}}})
     scaling = [pcfg.plan(cfg, check_optimizers=False).runs[r]

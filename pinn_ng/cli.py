@@ -43,7 +43,10 @@ def _cmd_problems(args) -> int:
 
     width = max(len(name) for name in problems.names())
     for name in problems.names():
-        p = problems.get(name)
+        try:
+            p = problems.get(name)
+        except (TypeError, ValueError) as err:  # a plugin's factory returned no proper Problem
+            raise UserError(str(err)) from None
         print(f"{name:{width}s} D={p.input_dim:<4d} P={p.n_params:<9,d} N_Ω={p.n_interior:<5d} "
               f"N_∂Ω={p.n_boundary:<5d} {p.description}")
     return 0

@@ -108,7 +108,7 @@ def test_builtins_are_registered_with_their_metadata():
     assert optim.hyperparameters("adam") == {"learning_rate": 2.808e-4}
 
 
-def test_problem_register_and_bad_factories():
+def test_problem_register_and_bad_factories(capsys):
     @problems.register("poisson2d_copy")
     def factory():
         return _tiny_problem("poisson2d_copy")
@@ -126,9 +126,17 @@ def test_problem_register_and_bad_factories():
     with pytest.raises(ValueError, match="returned a Problem named 'other'; give it "
                        "name='wrong_name'"):
         problems.get("wrong_name")
-    # the runner says so in one line (pinn-ng run)
+    # the runner, the planner and pinn-ng problems say so in one line
     with pytest.raises(runner.SpecError, match="returned int"):
         runner.complete_spec({"problem": "wrong_type", "optimizer": "adam", "max_steps": 1})
+    cfg = pcfg.merge(pcfg.load_yaml(pcfg.preset_path("default")),
+                     {"experiments": {"convergence": {"problems": ["wrong_name"]}}})
+    with pytest.raises(pcfg.ConfigError, match="returned a Problem named 'other'"):
+        pcfg.plan(cfg)
+    assert cli.main(["problems"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"pinn-ng problems: error: problem 'wrong_type': the factory registered by {__name__} "
+        "returned int, not a pinn_ng.problems.Problem"]
 
 
 def test_optimizer_register_signature_declared_and_plain_optax():

@@ -361,7 +361,10 @@ class Plan:
 def _problem_settings(config: dict, name: str):
     from .. import problems
 
-    problem = problems.get(name)
+    try:
+        problem = problems.get(name)
+    except (TypeError, ValueError) as err:  # a plugin's factory returned no proper Problem
+        raise ConfigError(str(err)) from None
     own = (config.get("problems") or {}).get(name) or {}
     widths = own.get("widths") or list(problem.widths)
     batch = own.get("batch") or [problem.n_interior, problem.n_boundary]

@@ -89,7 +89,7 @@ def test_one_table_of_figure_families():
 
 
 def test_presets_ship_with_the_package():
-    assert pcfg.preset_names() == ["cpu-paper", "default", "paper", "smoke"]
+    assert pcfg.preset_names() == ["cpu-paper", "default", "fidelity", "paper", "smoke"]
     for name in pcfg.preset_names() + ["schema"]:
         shipped = pcfg.PRESETS_DIR / f"{name}.yaml"
         assert (REPO / "config" / f"{name}.yaml").resolve() == shipped.resolve()

@@ -18,6 +18,14 @@ argument) on a :class:`pinn_ng.problems.Problem`:
   outputs, because JAX dispatches asynchronously and returns before the work is done.
 - **Evaluation** (``problem.errors``, the paper's RMS L2 on its fixed evaluation set) every
   ``eval_every`` steps and at the end, outside the timed region.
+- **Rows** (``TrainResult.rows``, a run's ``curve.csv``): row ``step = k`` is written after
+  the k-th step.  Its ``loss`` is ½‖r‖² on that step's batch at the parameters *before* the
+  step (what the optimizer computed anyway: no extra pass), while ``l2`` / ``rms_l2`` /
+  ``rel_l2`` and ``time`` are *after* it.  Row 0 holds the initial parameters' errors and the
+  first step's loss (the same parameters).  ``step_size`` is η_k of that step as
+  :func:`pinn_ng.optim.diagnostics` defines it (the line search's or the fixed η, times the
+  norm cap; Hessian-free's and KFAC*'s α), NaN for optimizers without such a record (the optax
+  baselines) and in row 0; the optimizer's other diagnostics follow (``phi_norm``, events).
 - **Divergence.** Only a non-finite loss, non-finite parameters, or a solve the optimizer
   reports as failed and left unrepaired (the diagnostic ``solve_failed``: the Cholesky option
   ``jitter="none"``) end the run early; the result says ``diverged=True`` and why.  Numerical events the optimizer handled (a jittered
@@ -31,7 +39,6 @@ the update read the gradient?) and ``pinn_ng.optim.diagnostics`` (loss, step siz
 
 from __future__ import annotations
 
-import inspect
 import math
 import sys
 import time
@@ -104,8 +111,6 @@ def make_step(problem: Problem, residual_fn: Callable, optimizer, *, uses_grads:
     ``params_finite`` and every diagnostic of the optimizer.
     """
     data_key = jax.random.PRNGKey(data_seed)
-    # pinn_ng.optim.diagnostics(state, updates) also reports the step size actually applied
-    takes_updates = len(inspect.signature(diagnostics).parameters) >= 2
 
     def loss_fn(params, batch):
         r = residual_fn(params, batch)
@@ -119,7 +124,7 @@ def make_step(problem: Problem, residual_fn: Callable, optimizer, *, uses_grads:
         else:
             loss, grads = None, None
         updates, opt_state = optimizer.update(grads, opt_state, params, batch=batch)
-        diag = dict(diagnostics(opt_state, updates) if takes_updates else diagnostics(opt_state))
+        diag = dict(diagnostics(opt_state))
         if loss is None:
             # ENGD family reports the loss it already computed; otherwise compute it here.
             loss = diag["loss"] if "loss" in diag else loss_fn(params, batch)

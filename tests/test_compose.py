@@ -96,22 +96,24 @@ def test_chain_equals_fused_update(setup, variant, case):
     for k in range(len(batches)):
         assert _rel(steps_c[k], steps_f[k]) <= 1e-12, (case, k)
     assert _rel(ravel_pytree(params_c)[0], ravel_pytree(params_f)[0]) <= 1e-12
-    # the recorded step size agrees too (line search: the grid value; fixed η: ‖u‖/‖d‖)
-    eta_c = float(optim.diagnostics(state_c, jax.tree.map(jnp.asarray, ravel_pytree(
-        params)[1](jnp.asarray(steps_c[-1]))))["step_size"])
+    # the recorded step size agrees too (line search: the grid value; fixed η: min(η, cap))
+    eta_c = float(optim.diagnostics(state_c)["step_size"])
     np.testing.assert_allclose(eta_c, float(state_f.step_size), rtol=1e-12)
 
 
-def test_chain_is_built_from_public_blocks(setup):
-    """spring(...) is literally chain(scale_by_spring, scale_by_learning_rate, norm cap)."""
+def test_public_blocks_with_optax_step_give_algorithm_1(setup):
+    """The public blocks composed by hand with optax's own step (as the docs show) give the
+    fused SPRING step with its cap, to 1e-12 as in test_chain_equals_fused_update."""
     _, rf, params, batches = setup
     by_hand = optax.chain(optim.scale_by_spring(rf, 1e-6, 0.8),
                           optax.scale_by_learning_rate(0.5),
                           optim.scale_by_norm_constraint(1e-4))
     a, _, _ = _run(by_hand, params, batches, jax.jit)
-    b, _, _ = _run(optim.spring(rf, 1e-6, 0.8, learning_rate=0.5, norm_constraint=1e-4),
-                   params, batches, jax.jit)
-    np.testing.assert_array_equal(a, b)
+    b, _, _ = _run(fused_sample_space(rf, 1e-6, 0.8, 0.5, norm_constraint=1e-4), params,
+                   batches, jax.jit)
+    assert np.all(np.linalg.norm(b, axis=1) > 0)
+    for k in range(len(batches)):
+        assert _rel(a[k], b[k]) <= 1e-12, k
 
 
 def test_clip_before_natural_gradient_block_raises(setup):
@@ -133,17 +135,17 @@ def test_transforms_after_the_block_apply(setup):
                       optax.clip_by_global_norm(1e-3))
     updates, state = jax.jit(opt.update)(None, opt.init(params), params, batch=batches[0])
     norm = float(jnp.linalg.norm(ravel_pytree(updates)[0]))
-    diag = optim.diagnostics(state, updates)
+    diag = optim.diagnostics(state)
     assert float(diag["phi_norm"]) > 1e-3  # the unclipped step would be longer
     np.testing.assert_allclose(norm, 1e-3, rtol=1e-12)
-    np.testing.assert_allclose(float(diag["step_size"]), 1e-3 / float(diag["phi_norm"]),
-                               rtol=1e-12)
+    assert float(diag["step_size"]) == 1.0  # η of the step block; the clip comes after it
 
 
 def test_inject_hyperparams_changes_damping_without_recompiling(setup):
     _, rf, params, batches = setup
+    # C given explicitly: the default "reference" stays static
     opt = optim.inject_hyperparams(optim.spring)(rf, damping=1e-6, momentum=0.5,
-                                                 learning_rate=0.2)
+                                                 learning_rate=0.2, norm_constraint=1e-3)
     traces = []
 
     @jax.jit
@@ -176,7 +178,7 @@ def test_learning_rate_schedule(setup, variant):
     state = opt.init(params)
     for k, batch in enumerate(batches):
         updates, state = update(None, state, params, batch=batch)
-        np.testing.assert_allclose(float(optim.diagnostics(state, updates)["step_size"]),
+        np.testing.assert_allclose(float(optim.diagnostics(state)["step_size"]),
                                    float(schedule(jnp.asarray(k, jnp.int32))), rtol=1e-12)
         params = optax.apply_updates(params, updates)
 
@@ -213,10 +215,34 @@ def test_line_search_with_value_fn(setup):
 
 
 def test_norm_cap_with_line_search_is_explicit(setup):
-    _, rf, _, _ = setup
-    with pytest.raises(ValueError, match="applies only with a fixed or scheduled learning_rate"):
-        optim.spring(rf, 1e-6, 0.5, norm_constraint=1e-2)
+    """With the line search an explicit C raises whatever its value (the reference code's own
+    C = 1e-3 too, plain or injected as an array): it is never silently dropped."""
+    _, rf, params, _ = setup
+    for c in (1e-2, 1e-3, jnp.asarray(1e-3), optax.constant_schedule(1e-3)):
+        with pytest.raises(ValueError, match="applies only with a fixed or scheduled"):
+            optim.spring(rf, 1e-6, 0.5, norm_constraint=c)
+    injected = optim.inject_hyperparams(optim.spring)(rf, 1e-6, 0.5, norm_constraint=1e-3)
+    with pytest.raises(ValueError, match="applies only with a fixed or scheduled"):
+        injected.init(params)
+    with pytest.raises(ValueError, match="applies only with a fixed or scheduled"):
+        optim.step_size_chain(rf, "line_search", 1e-3)
     optim.spring(rf, 1e-6, 0.5, norm_constraint=None)  # fine: no cap, as documented
+
+
+def test_inject_hyperparams_spring_at_the_published_line_search_setting(setup):
+    """SPRING's published 5d setting (line search, λ = 2.09e-10, μ = 0.0633) under
+    inject_hyperparams: the default C stays static (no cap after the line search) and the
+    injected steps equal the plain ones."""
+    _, rf, params, batches = setup
+    kw = dict(damping=2.09e-10, momentum=0.0633, learning_rate="line_search")
+    injected = optim.inject_hyperparams(optim.spring)(rf, **kw)
+    state = injected.init(params)
+    assert set(state.hyperparams) == {"damping", "momentum"}
+    steps, _, _ = _run(injected, params, batches[:2], jax.jit)
+    ref, _, _ = _run(optim.spring(rf, **kw), params, batches[:2], jax.jit)
+    assert np.all(np.linalg.norm(ref, axis=1) > 0)
+    for k in range(2):
+        assert _rel(steps[k], ref[k]) <= 1e-12, k
 
 
 def test_diagnostics_tree_get_on_wrapped_states(setup):
@@ -239,3 +265,35 @@ def test_make_lists_valid_hyperparameters(setup):
         optim.make("spring", rf, dampng=1e-6, momentum=0.5)
     with pytest.raises(ValueError, match="missing hyper-parameter 'momentum'"):
         optim.make("spring", rf, damping=1e-6)
+
+
+def test_step_size_is_the_eta_of_the_step_blocks(setup):
+    """``step_size`` is η_k of θ ← θ − η_k·d_k, d_k the direction the step-size blocks
+    receive (after momentum), for every optimizer that has one: η itself for a fixed η (also
+    after KFAC's momentum, where ‖updates‖/‖φ‖ is not η), the grid's η, min(η, √C/‖d‖) under
+    the cap, KFAC*'s α."""
+    problem, _, params, batches = setup
+    rf = ResidualFn(problem, models.mlp((2, 6, 5, 1))[1])  # KFAC needs the channels
+    eta, c = 0.1, 1e-6
+    cases = {
+        "kfac-eta": (optim.kfac(rf, 1e-3, 0.9, learning_rate=eta), lambda s, d: eta),
+        "kfac-line_search": (optim.kfac(rf, 1e-3, 0.9),
+                             lambda s, d: otu.tree_get(s, "step_size")),
+        "kfac_star": (optim.kfac_star(rf, 1e-3), lambda s, d: otu.tree_get(s, "alpha")),
+        "spring-eta-cap": (optim.spring(rf, 1e-6, 0.5, learning_rate=eta, norm_constraint=c),
+                           lambda s, d: min(eta, np.sqrt(c) / float(d["phi_norm"]))),
+        "engd-eta": (optim.engd(rf, 1e-6, learning_rate=eta), lambda s, d: eta),
+    }
+    for name, (opt, expected) in cases.items():
+        update = jax.jit(opt.update)
+        state, p = opt.init(params), params
+        for batch in batches[:3]:
+            updates, state = update(None, state, p, batch=batch)
+            p = optax.apply_updates(p, updates)
+            diag = optim.diagnostics(state)
+            np.testing.assert_allclose(float(diag["step_size"]),
+                                       float(expected(state, diag)), rtol=1e-12, err_msg=name)
+        assert float(diag["step_size"]) > 0, name
+        if name == "kfac-eta":  # momentum after the direction: the ratio is not η
+            ratio = float(jnp.linalg.norm(ravel_pytree(updates)[0])) / float(diag["phi_norm"])
+            assert abs(ratio - eta) > 1e-3 * eta

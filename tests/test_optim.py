@@ -239,7 +239,7 @@ def test_spring_matches_algorithm_1(tiny, kind, variant, seed):
         capped += eta < eta0
         theta = theta - eta * direction
         # η = min(η₀, √C/‖direction‖): as accurate as the direction's norm
-        np.testing.assert_allclose(float(optim.diagnostics(state, updates)["step_size"]), eta,
+        np.testing.assert_allclose(float(optim.diagnostics(state)["step_size"]), eta,
                                    rtol=1e-9)
     assert capped >= 1  # the norm constraint was exercised
     # each step's solve: rel. error ≲ cond(K + λI)·eps ≈ ‖J‖²/λ·eps (≤ ~3e5·eps here);
@@ -772,6 +772,12 @@ def test_kernel_lower_with_rows_below_matches_dense(seed):
         (dict(damping=1e-3, momentum=0.5, learning_rate=-1.0), "positive"),
         (dict(damping=1e-3, momentum=0.5, norm_constraint=0.0), "norm_constraint"),
         (dict(damping=1e-3, momentum=0.5, kernel="sparse"), "dense"),
+        # the standard sketch sets its own shift: an ignored nystrom_shift would be silent
+        (dict(damping=1e-3, momentum=0.5, solver="nystrom", sketch_size=4, nystrom_shift=1e-7),
+         "nystrom_gpu"),
+        (dict(damping=1e-3, momentum=0.5, solver="nystrom_pcg", sketch_size=4,
+              nystrom_shift=1e-7), "nystrom_gpu"),
+        (dict(damping=1e-3, momentum=0.5, nystrom_shift=1e-7), "nystrom_gpu"),
     ],
 )
 def test_bad_hyperparameters_fail_at_construction(tiny, kwargs, match):

@@ -389,6 +389,29 @@ def test_train_rows_budget_and_timings():
         assert np.isfinite(row["loss"]) and np.isfinite(row["l2"])
 
 
+def test_train_row_k_holds_the_loss_before_and_the_errors_after_step_k():
+    """As documented for curve.csv: row k's loss is on batch k−1 at the parameters before the
+    k-th step, its errors are at the parameters after it (row 0: the first step's loss)."""
+    problem, params, apply = _tiny()
+    rf = ResidualFn(problem, apply)
+    opt = optim.engd_woodbury(rf, 1e-6)
+    res = _train(opt, diagnostics=optim.diagnostics, uses_grads=False, max_steps=2,
+                 eval_every=1, data_seed=3)
+    theta, state = params, opt.init(params)
+    for k in range(2):
+        batch = problem.sample(jax.random.fold_in(jax.random.PRNGKey(3), k), 20, 8)
+        loss_before = float(rf.loss(theta, batch))
+        updates, state = opt.update(None, state, theta, batch=batch)
+        theta = optax.apply_updates(theta, updates)
+        np.testing.assert_allclose(res.rows[k + 1]["loss"], loss_before, rtol=1e-10)
+        np.testing.assert_allclose(res.rows[k + 1]["l2"], problem.errors(apply, theta)["l2"],
+                                   rtol=1e-8)
+        np.testing.assert_allclose(res.rows[k + 1]["step_size"],
+                                   float(optim.diagnostics(state)["step_size"]), rtol=1e-10)
+    assert res.rows[0]["loss"] == res.rows[1]["loss"]
+    assert res.rows[0]["l2"] == problem.errors(apply, params)["l2"]
+
+
 def test_train_stops_on_divergence():
     nan_updates = optax.with_extra_args_support(optax.GradientTransformation(
         lambda p: optax.EmptyState(),

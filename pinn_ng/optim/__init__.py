@@ -19,8 +19,8 @@ a *step-size* block, like optax's own aliases (``adam = chain(scale_by_adam, sca
 - directions: :func:`scale_by_engd`, :func:`scale_by_engd_woodbury`, :func:`scale_by_spring`,
   :func:`scale_by_kfac` (the preconditioned direction φ as a pytree, uphill like a gradient).
   They build φ from r and J, so they come first in a chain and take ``updates=None`` (anything else raises);
-- step sizes: ``optax.scale_by_learning_rate(η)`` (a number or a schedule),
-  :func:`scale_by_grid_line_search`, :func:`scale_by_norm_constraint` (SPRING's cap);
+- step sizes: :func:`scale_by_step_size` (``optax.scale_by_learning_rate(η)`` that records
+  η_k), :func:`scale_by_grid_line_search`, :func:`scale_by_norm_constraint` (SPRING's cap);
   :func:`step_size_chain` combines them as the paper's reference code does.
 
 ``engd = chain(scale_by_engd, step)``, ``engd_woodbury = chain(scale_by_engd_woodbury, step)``,
@@ -44,10 +44,8 @@ import inspect
 from collections.abc import Mapping
 from typing import Callable
 
-import jax.numpy as jnp
 import optax
 import optax.tree_utils as otu
-from jax.flatten_util import ravel_pytree
 
 from ..registry import Registry
 from . import solvers
@@ -57,7 +55,7 @@ from .engd import engd, scale_by_engd
 from .hessian_free import hessian_free
 from .kfac import kfac, kfac_star, scale_by_kfac, scale_by_kfac_star
 from .step_size import (grid_line_search, scale_by_grid_line_search, scale_by_norm_constraint,
-                        step_size_chain)
+                        scale_by_step_size, step_size_chain)
 from .woodbury import engd_woodbury, scale_by_engd_woodbury, scale_by_spring, spring
 
 
@@ -160,7 +158,9 @@ def inject_hyperparams(factory: Callable, hyperparams=HYPERPARAMS) -> Callable:
     The arguments named in ``hyperparams`` (those the factory has) become arrays in the state,
     ``state.hyperparams[name]``, so that changing them (a λ sweep, a schedule) does not
     recompile a jitted step; every other argument (``residual_fn``, ``solver``, sizes, seeds)
-    stays static.
+    stays static.  So does a non-numeric value of a hyper-parameter (optax passes it through):
+    ``learning_rate="line_search"``, ``norm_constraint=None`` or SPRING's default
+    ``norm_constraint="reference"`` (give C as a number to sweep it).
     """
     params = inspect.signature(factory).parameters
     static = tuple(k for k in params if k not in hyperparams)
@@ -175,7 +175,7 @@ def _unique(state, key, tuple_name=None):
     return found[0][1] if len(found) == 1 else None
 
 
-def diagnostics(state, updates=None) -> dict:
+def diagnostics(state) -> dict:
     """The last step's diagnostics as a dict of scalars ({} for the optax baselines).
 
     Works on any chained or wrapped state (``optax.tree_utils``).  Keys: ``loss``,
@@ -184,24 +184,25 @@ def diagnostics(state, updates=None) -> dict:
     Nyström sketches; see :class:`Diagnostics`), ``effective_dimension`` (when tracked) and
     ``damping`` and ``cg_iterations`` (Hessian-free's adaptive λ and its CG iterations).
 
-    ``step_size`` is the η actually applied, ‖updates‖ / ‖φ‖, when ``updates`` are given
-    (whatever blocks produced it: a line search, a schedule, a cap); otherwise the η recorded
-    by a line search (or Hessian-free's backtracking), and absent for a fixed η.
+    ``step_size`` is η_k of the step θ ← θ − η_k·d_k, where d_k is the direction the
+    step-size blocks receive (φ for ENGD and ENGD-W, the bias-corrected momentum direction for
+    SPRING, the momentum trace m_k for KFAC), as the block that chose it recorded it: the
+    fixed or scheduled η (:func:`scale_by_step_size`) or the line search's η, times the norm
+    cap's factor min(1, √C/‖η d‖) when there is one; Hessian-free's α; KFAC*'s α (its step is
+    α·Δ + μ·δ).  Absent when no such block recorded one (e.g. a chain ending in
+    ``optax.scale_by_learning_rate``); transforms chained after the step-size blocks (a
+    clipping) are not in it.
     """
     diag = _unique(state, "diagnostics")
     if not isinstance(diag, Diagnostics):
         return {}
     out = {k: v for k, v in diag._asdict().items() if v is not None}
-    if updates is not None:
-        norm = jnp.linalg.norm(ravel_pytree(updates)[0])
-        out["step_size"] = jnp.where(diag.phi_norm > 0, norm / jnp.where(diag.phi_norm > 0,
-                                                                            diag.phi_norm, 1.0),
-                                     0.0)
-    else:
-        eta = _unique(state, "step_size")
-        if eta is not None:
-            cap = _unique(state, "norm_scale")
-            out["step_size"] = eta if cap is None else eta * cap
+    eta = _unique(state, "step_size")
+    if eta is None:
+        eta = _unique(state, "alpha", "KFACStarState")
+    if eta is not None:
+        cap = _unique(state, "norm_scale")
+        out["step_size"] = eta if cap is None else eta * cap
     for key in ("damping", "cg_iterations"):
         value = _unique(state, key, "HessianFreeState")
         if value is not None:
@@ -235,6 +236,7 @@ __all__ = [
     "scale_by_kfac_star",
     "scale_by_norm_constraint",
     "scale_by_spring",
+    "scale_by_step_size",
     "sgd",
     "solvers",
     "spring",

@@ -4,7 +4,8 @@ They come after a direction block (``scale_by_engd``, ``scale_by_engd_woodbury``
 ``scale_by_spring``), which emits the direction d (a pytree, pointing uphill like a
 gradient), and turn it into the update −η·d:
 
-- a fixed or scheduled η: ``optax.scale_by_learning_rate(η)``;
+- a fixed or scheduled η: :func:`scale_by_step_size` (``optax.scale_by_learning_rate(η)``
+  that also records η_k);
 - :func:`scale_by_grid_line_search`: η from the grid 2⁻³⁰…2⁰ on the current batch;
 - :func:`scale_by_norm_constraint`: caps the step at norm √C, after a fixed η.
 
@@ -106,6 +107,33 @@ def scale_by_grid_line_search(residual_fn=None, chunk_size: int | None = DEFAULT
     return optax.GradientTransformationExtraArgs(init, update)
 
 
+class StepSizeState(NamedTuple):
+    count: jax.Array
+    step_size: jax.Array  # η_k applied at the last step
+
+
+def scale_by_step_size(learning_rate) -> optax.GradientTransformationExtraArgs:
+    """−η_k·d for a fixed or scheduled η, as ``optax.scale_by_learning_rate(η)`` computes it,
+    with η_k kept in the state so that :func:`pinn_ng.optim.diagnostics` reports it.
+
+    ``learning_rate`` (η > 0) may be a number, an array or a schedule of the step count.
+    """
+    learning_rate = check_scalar_or_schedule("learning_rate (η)", learning_rate, 0.0,
+                                             lo_open=True)
+
+    def init(params):
+        flat, _ = ravel_pytree(params)
+        return StepSizeState(jnp.zeros((), jnp.int32), jnp.zeros((), flat.dtype))
+
+    def update(updates, state, params=None, **extra_args):
+        del params, extra_args
+        eta = value_at(learning_rate, state.count, state.step_size.dtype)
+        updates = jax.tree.map(lambda u: -eta.astype(u.dtype) * u, updates)
+        return updates, StepSizeState(state.count + 1, eta)
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
 class NormConstraintState(NamedTuple):
     count: jax.Array
     norm_scale: jax.Array  # factor min(1, √C/‖u‖) applied at the last step
@@ -141,19 +169,43 @@ def scale_by_norm_constraint(norm_constraint) -> optax.GradientTransformationExt
 #: the reference code's C for SPRING with a fixed η
 DEFAULT_NORM_CONSTRAINT = 1e-3
 
+#: ``norm_constraint`` meaning "as the reference code": C = :data:`DEFAULT_NORM_CONSTRAINT`
+#: with a fixed or scheduled η, no cap after the line search.  A string, so that
+#: ``optax.inject_hyperparams`` keeps it static instead of turning it into an array.
+REFERENCE_NORM_CONSTRAINT = "reference"
+
 
 def step_size_chain(residual_fn, learning_rate, norm_constraint=None
                     ) -> optax.GradientTransformationExtraArgs:
     """The step after a direction block, as in the paper's reference code.
 
     ``learning_rate="line_search"``: :func:`scale_by_grid_line_search` (no cap, as the
-    reference code).  A number or schedule η: ``optax.scale_by_learning_rate(η)``, followed by
+    reference code).  A number or schedule η: :func:`scale_by_step_size`, followed by
     :func:`scale_by_norm_constraint` when ``norm_constraint`` is not None.
+
+    ``norm_constraint``: C (a number, an array or a schedule), None (no cap) or
+    ``"reference"`` (C = 1e-3 with a fixed or scheduled η, none with the line search).  An
+    explicit C with the line search raises, whatever its value: the reference code never caps
+    a line-search step, and a C that is silently dropped would look applied.  Chain
+    :func:`scale_by_norm_constraint` after the line search yourself to cap it.
     """
     learning_rate = check_learning_rate(learning_rate)
-    if isinstance(learning_rate, str):
+    line_search = isinstance(learning_rate, str)
+    if isinstance(norm_constraint, str):
+        if norm_constraint != REFERENCE_NORM_CONSTRAINT:
+            raise ValueError("norm_constraint must be a number, a schedule, None or "
+                             f"{REFERENCE_NORM_CONSTRAINT!r}, got {norm_constraint!r}")
+        norm_constraint = None if line_search else DEFAULT_NORM_CONSTRAINT
+    if line_search:
+        if norm_constraint is not None:
+            raise ValueError(
+                "norm_constraint (C) applies only with a fixed or scheduled learning_rate, as "
+                "in the paper's reference code; with learning_rate='line_search' leave the "
+                f"default ({REFERENCE_NORM_CONSTRAINT!r}) or pass None (or chain "
+                "scale_by_norm_constraint after the line search yourself), got "
+                f"{norm_constraint!r}")
         return scale_by_grid_line_search(residual_fn)
-    steps = [optax.scale_by_learning_rate(learning_rate)]
+    steps = [scale_by_step_size(learning_rate)]
     if norm_constraint is not None:
         steps.append(scale_by_norm_constraint(norm_constraint))
     return optax.chain(*steps)

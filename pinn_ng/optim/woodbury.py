@@ -35,7 +35,7 @@ from .common import (Diagnostics, check_damping, check_scalar_or_schedule, empty
 from .kernels import KERNELS, kernel_from_row_blocks
 from .solvers import (JITTER_POLICIES, SOLVERS, cholesky_solve, nystrom_gpu, nystrom_standard,
                       pcg, symmetrize_lower)
-from .step_size import DEFAULT_NORM_CONSTRAINT, step_size_chain
+from .step_size import REFERENCE_NORM_CONSTRAINT, step_size_chain
 
 
 class SampleSpaceState(NamedTuple):
@@ -83,6 +83,9 @@ def _sample_space(name, residual_fn, damping, momentum, solver, sketch_size, see
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; valid: {list(SOLVERS)}")
     sketch_size = _check_sketch_size(sketch_size, solver)
+    if nystrom_shift is not None and solver != "nystrom_gpu":
+        # the standard sketch sets its own shift ν = eps·‖Y‖_F: never ignore one silently
+        raise ValueError(f"nystrom_shift applies to solver='nystrom_gpu' only, got {solver!r}")
     if solver != "cholesky" and is_static_zero(damping):
         raise ValueError(f"solver {solver!r} needs damping (λ) > 0: its solve divides by λ")
     if kernel not in KERNELS:
@@ -267,7 +270,9 @@ def engd_woodbury(residual_fn, damping, learning_rate="line_search", solver: str
         ``pcg_iters`` iterations, 5 in the reference code).
       sketch_size: ℓ for the Nyström solvers: an int, or a fraction of N (paper: 0.1).
       seed: seed of the sketches; the key in the state advances every step.
-      pcg_iters, nystrom_shift: see ``solver`` and :func:`~pinn_ng.optim.solvers.nystrom_gpu`.
+      pcg_iters: see ``solver``.
+      nystrom_shift: ν of ``solver="nystrom_gpu"`` (see
+        :func:`~pinn_ng.optim.solvers.nystrom_gpu`); any other solver raises if it is given.
       kernel: ``"dense"`` (J held, K from its lower blocks) or ``"blocked"`` (memory-lean: J
         recomputed in ``block_size``-row blocks; see :mod:`pinn_ng.optim.kernels`).
       track_effective_dimension: also report tr(K(K+λI)⁻¹) in the diagnostics.
@@ -289,7 +294,7 @@ def engd_woodbury(residual_fn, damping, learning_rate="line_search", solver: str
 
 
 def spring(residual_fn, damping, momentum, learning_rate="line_search",
-           norm_constraint=DEFAULT_NORM_CONSTRAINT, solver: str = "cholesky", sketch_size=None,
+           norm_constraint=REFERENCE_NORM_CONSTRAINT, solver: str = "cholesky", sketch_size=None,
            seed: int = 0, pcg_iters: int = 5, nystrom_shift=None, kernel: str = "dense",
            block_size: int = 512, track_effective_dimension: bool = False,
            jitter_warm_start: bool = False, jitter: str = "ladder"
@@ -300,21 +305,14 @@ def spring(residual_fn, damping, momentum, learning_rate="line_search",
 
     Args as :func:`engd_woodbury`, plus ``momentum`` (μ in [0, 1), a number or a schedule; 5d
     best with line search 0.3115, with η = 6.35e-2: 0.827) and ``norm_constraint`` (C: with a
-    fixed or scheduled η the step is min(η, √C/‖direction‖)·direction; 1e-3 as in the
-    reference code; None disables).  As in the paper's reference code, the cap is *not*
-    applied after the grid line search: with ``learning_rate="line_search"`` pass the default C
-    or None (any other C raises, so that it is never silently ignored).  μ = 0 and
-    ``norm_constraint=None`` give ENGD-W exactly.
+    fixed or scheduled η the step is min(η, √C/‖direction‖)·direction; None disables).  The
+    default ``"reference"`` does what the paper's reference code does: C = 1e-3 with a fixed
+    or scheduled η, no cap after the grid line search.  An explicit C (a number, an array, a
+    schedule) with ``learning_rate="line_search"`` raises, 1e-3 included, so that a cap is
+    never silently dropped (see :func:`~pinn_ng.optim.step_size.step_size_chain`).  Under
+    :func:`~pinn_ng.optim.inject_hyperparams` the default stays static; pass C explicitly to
+    make it state.  μ = 0 and ``norm_constraint=None`` give ENGD-W exactly.
     """
-    if isinstance(learning_rate, str):
-        if norm_constraint is not None and not (
-                isinstance(norm_constraint, float) and norm_constraint == DEFAULT_NORM_CONSTRAINT):
-            raise ValueError(
-                "norm_constraint (C) applies only with a fixed or scheduled learning_rate, as "
-                "in the paper's reference code; with learning_rate='line_search' pass "
-                "norm_constraint=None (or chain scale_by_norm_constraint after the line search "
-                f"yourself), got {norm_constraint!r}")
-        norm_constraint = None
     return optax.chain(
         scale_by_spring(residual_fn, damping, momentum, solver, sketch_size, seed, pcg_iters,
                         nystrom_shift, kernel, block_size, track_effective_dimension,

@@ -176,22 +176,12 @@ def linearize(params, x, lap_dims, residual_of_jet: Callable, scale) -> Lineariz
     return Linearization(r, inputs, tuple(grads))
 
 
-#: Up to this many channels a layer's block of J is summed channel by channel in one fused
-#: elementwise loop; with more, as a batched matmul.  Measured on the 2-core CPU (N = 3500, a
-#: 65 x 64 layer, huge pages, one interleaved run):
-#: S = 1: loop 0.017 s, matmul 0.019 s; S = 2: 0.023 / 0.016; S = 7: 0.040 / 0.031;
-#: S = 12: 0.055 / 0.044.  So only the value channel alone (boundary rows) takes the loop.
-UNROLL_CHANNELS = 1
-
-
 def layer_jacobian(h, g):
     """Σ_s h[:, s] ⊗ g[:, s], flattened: the (N, (fan_in + 1)·fan_out) block of one layer."""
     n, s, _ = h.shape
-    if s <= UNROLL_CHANNELS:
+    if s == 1:  # the value channel alone (boundary rows): an outer product beats a matmul
         acc = h[:, 0, :, None] * g[:, 0, None, :]
-        for k in range(1, s):
-            acc = acc + h[:, k, :, None] * g[:, k, None, :]
-    else:
+    else:  # from two channels on, a batched matmul beats a fused loop over the channels
         acc = jnp.einsum("nsi,nso->nio", h, g)
     return acc.reshape(n, -1)
 
@@ -231,8 +221,7 @@ def _layer_rows(lin: Linearization, rows, layer: int, bounds):
     return rows[layer]  # a list of layer blocks
 
 
-def kernel_block(a: Linearization, b: Linearization, rows_a=None, rows_b=None,
-                 prefer: str = "cheaper"):
+def kernel_block(a: Linearization, b: Linearization, rows_a=None, rows_b=None):
     """J_a J_bᵀ (N_a, N_b), summed over layers, each layer the cheaper of two ways:
 
     - from the channels: Σ_{s,t} (z̃_{a,s}·z̃_{b,t}) (g_{a,s}·g_{b,t}), i.e. two matmuls of
@@ -242,14 +231,11 @@ def kernel_block(a: Linearization, b: Linearization, rows_a=None, rows_b=None,
       its list of layer blocks, if at hand (else the layer's rows are built).
 
     With S = 1 on one side (boundary points) the channels win for every wide layer.
-    ``prefer="channels"`` or ``"rows"`` forces one way for every layer (tests, benchmarks).
     """
-    if prefer not in ("cheaper", "channels", "rows"):
-        raise ValueError(f"prefer must be 'cheaper', 'channels' or 'rows', got {prefer!r}")
     total = None
     for layer, bounds in enumerate(layer_offsets(a)):
         by_channels, by_rows = _channel_flops(a, b, layer)
-        if prefer == "channels" or (prefer == "cheaper" and by_channels < by_rows):
+        if by_channels < by_rows:
             hh = jnp.einsum("asi,bti->asbt", a.inputs[layer], b.inputs[layer])
             gg = jnp.einsum("aso,bto->asbt", a.grads[layer], b.grads[layer])
             part = jnp.einsum("asbt,asbt->ab", hh, gg)

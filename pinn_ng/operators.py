@@ -73,11 +73,6 @@ def laplacian(f: Callable, dims: Sequence[int] | None = None, method: str = "fol
     return lambda x: op(x)[2]
 
 
-def gradient(f: Callable) -> Callable:
-    """The function ``x -> grad f(x)`` (reverse mode)."""
-    return jax.grad(f)
-
-
 def partial_derivative(f: Callable, index: int) -> Callable:
     """The function ``x -> d f / d x_index`` by one forward-mode JVP (e.g. the time derivative)."""
 

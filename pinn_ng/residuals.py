@@ -216,14 +216,11 @@ class RowBlocks(NamedTuple):
 
 
 #: How a :class:`ResidualFn` differentiates: ``"structured"`` (the channels of
-#: :mod:`pinn_ng.channels`, for ``models.mlp`` networks), per point with one of the
-#: Laplacian methods of :mod:`pinn_ng.operators`, or ``"mixed"``: residuals and the
-#: matrix-free products from the channels, the rows of J per point by folx.  ``"auto"``
-#: (the default) takes ``"structured"`` for ``models.mlp`` networks, else ``"folx"``: measured
-#: by ``bench/structured_speed.py`` (5d, N = 3500), its sample space (r and K) is 0.91× and a
-#: fixed-η ENGD-W step 0.80× the time of the folx path; its J alone is not faster (1.18× at
-#: 5d, 0.94× at 100d).
-METHODS = ("structured", "mixed") + operators.METHODS
+#: :mod:`pinn_ng.channels`, for ``models.mlp`` networks) or per point with one of the
+#: Laplacian methods of :mod:`pinn_ng.operators`.  ``"auto"`` (the default) takes
+#: ``"structured"`` for ``models.mlp`` networks, whose sample space (r and K) and steps it
+#: makes faster than folx's (``bench/structured_speed.py``), else ``"folx"``.
+METHODS = ("structured",) + operators.METHODS
 
 
 def _per_point(problem: Problem, apply: Callable, method: str):
@@ -337,7 +334,7 @@ class ResidualFn:
             method = "structured" if widths is not None else "folx"
         if method not in METHODS:
             raise ValueError(f"unknown residual method {method!r}; valid: {list(METHODS)}")
-        if method in ("structured", "mixed") and widths is None:
+        if method == "structured" and widths is None:
             raise ValueError("method='structured' needs a pinn_ng.models.mlp network (apply "
                              "without tanh_mlp_widths); use method='folx' for other networks")
         self.problem = problem
@@ -348,9 +345,7 @@ class ResidualFn:
         if method == "structured":
             residual, rows, residual_and_jacobian, sample_space = _structured(problem)
         else:
-            residual, rows = _per_point(problem, apply, "folx" if method == "mixed" else method)
-            if method == "mixed":  # residuals (and J·v, Jᵀ·u) from the channels, J per point
-                residual = _structured(problem)[0]
+            residual, rows = _per_point(problem, apply, method)
 
             def residual_and_jacobian(params, batch):
                 s_i, s_b = row_scales(batch.interior.shape[0], batch.boundary.shape[0])

@@ -28,7 +28,7 @@ def setup():
     init, apply = models.mlp((2, 6, 5, 1))
     # K from J on both sides (the structured sample space rounds differently; it is tested
     # against dense references in test_channels.py)
-    rf = ResidualFn(problem, apply, method="mixed")
+    rf = ResidualFn(problem, apply, method="folx")
     params = init(jax.random.PRNGKey(4))
     batches = [problem.sample(jax.random.PRNGKey(10 + k), 30, 12) for k in range(4)]
     return problem, rf, params, batches

@@ -155,7 +155,7 @@ def test_jacobian_matches_jacfwd_and_products(name):
     v = jax.random.normal(k_v, flat.shape, dtype=jnp.float64)
     u = jax.random.normal(k_u, (12,), dtype=jnp.float64)
     assert ResidualFn(problem, apply).method == "structured"  # the default for models.mlp
-    for method in ("structured", "mixed", "folx"):
+    for method in ("structured", "folx"):
         rf = ResidualFn(problem, apply, method=method)
         r = rf(params, batch)
         np.testing.assert_allclose(np.asarray(r), np.asarray(r_ref), rtol=1e-12, atol=1e-14)

@@ -22,8 +22,7 @@ from ..residuals import RowBlocks
 
 KERNELS = ("dense", "blocked")
 
-__all__ = ["KERNELS", "default_n_blocks", "kernel_blocked", "kernel_from_row_blocks",
-           "kernel_lower_from_jacobian"]
+__all__ = ["KERNELS", "default_n_blocks", "kernel_from_row_blocks", "kernel_lower_from_jacobian"]
 
 
 def kernel_from_row_blocks(blocks: RowBlocks, dtype):
@@ -46,9 +45,3 @@ def kernel_from_row_blocks(blocks: RowBlocks, dtype):
     n_pad = blocks.n_blocks * m
     k, _ = jax.lax.scan(outer, jnp.zeros((n_pad, n_pad), dtype), jnp.arange(blocks.n_blocks))
     return k[: blocks.n, : blocks.n]
-
-
-def kernel_blocked(residual_fn, params, batch, block_size: int):
-    """K's lower triangle from ``residual_fn.row_blocks(params, batch, block_size)``."""
-    return kernel_from_row_blocks(residual_fn.row_blocks(params, batch, block_size),
-                                  batch.interior.dtype)

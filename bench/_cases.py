@@ -3,7 +3,7 @@
 One place for the sizes, shared by ``bench/laplacian.py`` (the printed table) and the asv
 suite ``bench/benchmarks_core.py``, so both measure the same thing.
 
-Sizes are the paper's (PAPER.md, problems table and headline result 5): the Laplacian over the
+Sizes are the paper's (its problems and its 5d / 100d timings): the Laplacian over the
 interior batch of ``poisson5d`` (5-64-64-48-48-1, N_Ω = 3000) and ``poisson100d``
 (100-768-768-512-512-1, N_Ω = 100); the residual Jacobian J (N × P) at N = 3500 (5d) and
 N = 150 (100d).  With ``PINN_NG_BENCH_QUICK=1`` in the environment the batches shrink
@@ -37,7 +37,7 @@ CHECK_RTOL = 1e-10
 
 METHODS = operators.METHODS  # ("folx", "fwd_rev", "hessian"): Laplacian methods, folx general
 #: ways of computing J: the per-point Laplacian methods, and the structured channels of
-#: pinn_ng.channels (the default for models.mlp networks since issue 10)
+#: pinn_ng.channels (the default for models.mlp networks)
 JACOBIAN_METHODS = METHODS + ("structured",)
 
 

@@ -1,6 +1,6 @@
 """Timing helpers shared by the benchmark scripts (and usable from asv ``track_`` benchmarks).
 
-The rules of STYLE.md, in code:
+How the benchmarks time, in code:
 
 - compilation happens in *setup*: :func:`compile_jitted` lowers and compiles a ``jax.jit``
   function ahead of time and reports how long that took; the timed calls reuse the compiled

@@ -1,4 +1,4 @@
-"""Serve the asv dashboard without the internet (issue 13).
+"""Serve the asv dashboard without the internet.
 
 ``asv publish`` writes HTML that loads jQuery, Flot, Bootstrap, stupidtable and blueimp-md5
 from public CDNs.  A browser that cannot reach them (a cluster's compute network, an offline

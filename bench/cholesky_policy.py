@@ -1,4 +1,4 @@
-"""Cost of the Cholesky jitter policy on the paper's own 5d kernel (issue 8).
+"""Cost of the Cholesky jitter policy on the paper's own 5d kernel.
 
 ENGD-W at the paper's λ = 3.17e-12 on Poisson 5d (net 5-64-64-48-48-1, P = 10,065,
 N = 3000 + 500, float64): train ``--steps`` steps (default 8: the Cholesky of K + λI first
@@ -36,7 +36,7 @@ from pinn_ng.residuals import ResidualFn
 
 from bench._timing import compile_jitted, interleaved_timings
 
-LAMBDA = 3.17e-12  # PAPER.md: ENGD-W's best λ on Poisson 5d (line search)
+LAMBDA = 3.17e-12  # the paper's best ENGD-W λ on Poisson 5d (line search)
 
 
 def main(argv=None) -> None:

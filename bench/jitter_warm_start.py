@@ -1,4 +1,4 @@
-"""ENGD-W / SPRING training steps with and without ``jitter_warm_start``, interleaved (issue 10).
+"""ENGD-W / SPRING training steps with and without ``jitter_warm_start``, interleaved.
 
     python bench/jitter_warm_start.py                    # paper's 5d, ENGD-W, 30 steps each
     python bench/jitter_warm_start.py --optimizer spring --steps 10

@@ -1,4 +1,4 @@
-"""KFAC and KFAC* against ENGD-W: seconds per step and peak memory (issue 11, "cost per step").
+"""KFAC and KFAC* against ENGD-W: seconds per step and peak memory.
 
     python bench/kfac_speed.py                      # 5d (N = 3500) and 100d (N = 150)
     python bench/kfac_speed.py --cases 5d --repeats 3

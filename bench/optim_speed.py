@@ -31,7 +31,7 @@ from pinn_ng.residuals import ResidualFn
 
 from bench._timing import MiB, compile_jitted, interleaved_timings, peak_memory
 
-DAMPING = 1e-8  # ENGD's best 5d λ (PAPER.md); any λ > 0 costs the same
+DAMPING = 1e-8  # ENGD's best 5d λ in the paper; any λ > 0 costs the same
 ETA = 5.23e-2  # ENGD-W's best fixed η on 5d
 
 

@@ -1,4 +1,4 @@
-"""Per-step time of two source trees of pinn_ng, interleaved in one run (issue 9).
+"""Per-step time of two source trees of pinn_ng, interleaved in one run.
 
     python bench/refactor_speed.py --old /tmp/old --new .      # each a tree holding pinn_ng/
 
@@ -15,7 +15,7 @@ It also times J itself, ``jax.jit(residual_fn.jacobian)`` of each tree's default
 function: at 5d (N = 3500) and on ``poisson100d``'s paper net (P = 1,325,057, N = 100 + 50).
 
 ``--huge-pages-new-only`` runs the old tree's worker without glibc's huge-page tunable and the
-new one with it: each tree as ``pinn-ng run`` ran it (the tunable came with issue 10).  Without
+new one with it: each tree as ``pinn-ng run`` ran it (older trees ran without it).  Without
 it both workers inherit the caller's environment.
 """
 
@@ -49,7 +49,7 @@ def _worker(cg_iters: int, only: str) -> None:  # runs inside the tree under tes
     def residual_fn(problem, apply):
         try:
             from pinn_ng.residuals import ResidualFn
-        except ImportError:  # the tree before issue 9
+        except ImportError:  # a tree from before ResidualFn
             return problem.residual_fn(apply)
         return ResidualFn(problem, apply)
 

@@ -1,11 +1,11 @@
-"""The structured forward-Laplacian path against folx, and the chunked line search (issue 10).
+"""The structured forward-Laplacian path against folx, and the chunked line search.
 
     python bench/structured_speed.py            # 5d (N = 3500, P = 10,065) and 100d (N = 150)
     python bench/structured_speed.py --quick    # fewer repeats
 
 All timings of one table are taken round-robin in this one process (compiled first,
-``block_until_ready``, float64), so background load hits them alike; "today" is the path every
-run took before issue 10 (per-point folx J, all 32 line-search candidates in one vmapped pass).
+``block_until_ready``, float64), so background load hits them alike; "today" is the folx path
+(per-point folx J, all 32 line-search candidates in one vmapped pass).
 Peak memory: XLA's buffer assignment of each compiled function, and the peak RSS of a
 three-step training run in a fresh process for the line search against a fixed η.
 
@@ -36,7 +36,7 @@ from pinn_ng.residuals import ResidualFn
 
 from bench._timing import MiB, compile_jitted, interleaved_timings, peak_memory
 
-DAMPING = 3.17e-12  # ENGD-W's best 5d λ with the line search (PAPER.md)
+DAMPING = 3.17e-12  # ENGD-W's best 5d λ with the line search in the paper
 ETA = 5.23e-2
 
 

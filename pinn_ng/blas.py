@@ -2,9 +2,9 @@
 
 On the CPU, jaxlib runs Cholesky, triangular solves, QR, SVD and eigh through SciPy's
 OpenBLAS, while XLA runs everything else on its own thread pool.  When both pools want every
-core, OpenBLAS's threads spin against XLA's: measured on a 2-core machine, the Cholesky of a
-1000 x 1000 kernel inside a jitted step took 1.3 s with OpenBLAS's default 2 threads and
-0.05 s with 1 thread (``bench/optim_speed.py`` shows the effect on whole ENGD-W steps).
+core, OpenBLAS's threads spin against XLA's, and a factorisation inside a jitted step runs
+many times slower than with one OpenBLAS thread (``bench/optim_speed.py`` shows the effect on
+whole ENGD-W steps).
 Nothing changes at import: the CLI, the benchmarks and the tests call
 :func:`limit_blas_threads` explicitly, and users of the library on a CPU may do the same (or
 export ``OPENBLAS_NUM_THREADS=1`` before starting Python).

@@ -3,8 +3,7 @@
 XLA allocates the buffers of every executable afresh through glibc's ``malloc``, and buffers
 of tens or hundreds of MB are fresh ``mmap`` s: the kernel faults them in 4 KiB at a time,
 every step.  J of the paper's 5d problem (N = 3500, P = 10,065) is 282 MB, 69,000 page
-faults.  Measured on this project's 2-core CPU (a jitted ``jnp.full`` of that shape), merely
-writing such a buffer took 0.16–0.21 s with 4 KiB pages and 0.02–0.05 s with glibc's
+faults.  Merely writing such a buffer is several times faster with glibc's
 ``glibc.malloc.hugetlb=1`` tunable (glibc ≥ 2.35), which lets ``malloc`` ask for transparent
 huge pages (2 MiB) with ``madvise``.
 

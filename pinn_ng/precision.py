@@ -1,12 +1,11 @@
 """Explicit floating-point precision.
 
-The paper trains in float64 (PAPER.md, "all on the unit cube unless said; float64"), and the
-correctness tests compare fast paths with dense references at 1e-10 relative, which float32
-cannot resolve.  JAX only produces float64 arrays once ``jax_enable_x64`` is switched on, a
-process-wide flag.  Importing :mod:`pinn_ng` never flips it: the user (or our CLI and tests)
-calls :func:`enable_x64` once at start-up.  Library functions take a ``dtype`` (default
-float64) and raise :class:`PrecisionError` if float64 is asked for while x64 is off, instead of
-silently computing in float32.
+The paper trains every problem in float64, and the correctness tests compare fast paths with
+dense references at 1e-10 relative, which float32 cannot resolve.  JAX only produces float64
+arrays once ``jax_enable_x64`` is switched on, a process-wide flag.  Importing :mod:`pinn_ng`
+never flips it: the user (or our CLI and tests) calls :func:`enable_x64` once at start-up.
+Library functions take a ``dtype`` (default float64) and raise :class:`PrecisionError` if
+float64 is asked for while x64 is off, instead of silently computing in float32.
 """
 
 from __future__ import annotations

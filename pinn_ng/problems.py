@@ -4,8 +4,9 @@ Every problem is a :class:`Problem`: domain, exact solution ``u*``, interior ope
 source, boundary / initial samplers, the paper's network widths and batch sizes, and a fixed
 evaluation set.  Inputs of time-dependent problems are laid out as ``(x_1, ..., x_d, t)``, so
 ``input_dim = d + 1``.  All boundary and initial conditions are Dirichlet data taken from the
-exact solution, ``u = u*`` there.  Facts (PDEs, solutions, nets, batch sizes) come from
-``shared/PAPER.md``; each factory cites its row.
+exact solution, ``u = u*`` there.  Facts (PDEs, solutions, nets, batch sizes) come from the
+paper (Guzmán-Cordero, Dangel, Goldshlager & Zeinhofer, NeurIPS 2025) and the authors' logs;
+each factory says which.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from .registry import Registry
 
 #: Seed of every problem's evaluation set (independent of the data and model seeds of runs).
 EVAL_SEED = 20251128
-#: The evaluation set has ``EVAL_FACTOR * n_interior`` points (PAPER.md: "10·N_Ω points").
+#: The evaluation set has ``EVAL_FACTOR * n_interior`` points (the paper's 10·N_Ω points).
 EVAL_FACTOR = 10
 
 
@@ -239,7 +240,7 @@ def poisson_sin(d: int = 2) -> Problem:
 
 
 def poisson_cos(d: int = 5) -> Problem:
-    """PAPER.md row "Poisson 5d": −Δu = π² Σcos(πx_i), u* = Σcos(πx_i), net 5-64-64-48-48-1."""
+    """The paper's Poisson 5d: −Δu = π² Σcos(πx_i), u* = Σcos(πx_i), net 5-64-64-48-48-1."""
     return _poisson(
         f"poisson{d}d", d,
         exact=lambda x: jnp.sum(jnp.cos(jnp.pi * x)),
@@ -295,7 +296,7 @@ def poisson_square(d: int = 100, normalised: bool = True) -> Problem:
 
 
 def heat(d: int = 4) -> Problem:
-    """PAPER.md row "Heat 4+1d": ∂_t u − ¼Δ_x u = 0 on [0,1]^d × [0,1], u* = e^{−t} Σ sin(2x_i).
+    """The paper's heat 4+1d: ∂_t u − ¼Δ_x u = 0 on [0,1]^d × [0,1], u* = e^{−t} Σ sin(2x_i).
 
     Net 5-256-256-128-128-1, batch 3000 interior / 250 initial + 250 spatial-boundary points:
     the first half (rounded down) of ``boundary`` is initial (t = 0), the rest on the cube's
@@ -327,7 +328,7 @@ def heat(d: int = 4) -> Problem:
 
 
 def log_fokker_planck(d: int = 9, half_width: float = 5.0) -> Problem:
-    """PAPER.md row "log-Fokker–Planck 9+1d" on [−5,5]^d × [0,1].
+    """The paper's log-Fokker–Planck 9+1d on [−5,5]^d × [0,1].
 
     q = log p for p solving the Fokker–Planck equation with drift −x/2 and diffusion √2·I; in
     log space  ∂_t q = d/2 + ½ x·∇q + Δq + ‖∇q‖²  (nonlinear), with exact solution

@@ -9,7 +9,7 @@ argument) on a :class:`pinn_ng.problems.Problem`:
   optimizer, and no batch depends on how many steps came before.  With ``batch_every = b``
   (default 1) a batch is kept for b steps: step k uses batch ``k // b`` (the published KFAC
   runs resampled every 100 steps on Poisson and heat, every 10 on log-FP).  Parameters come from
-  ``PRNGKey(model_seed)``.  PAPER.md: data seed 0, model seed 1 in the reference runs.
+  ``PRNGKey(model_seed)``.  The paper's reference runs used data seed 0, model seed 1.
 - **Budget.** ``max_steps`` and/or ``max_seconds`` of *timed* time; the run stops at whichever
   comes first (the paper gives every optimizer the same wall-clock budget).
 - **Timings.** The whole step (sampling, optimizer update, parameter update) is one jitted

@@ -5,7 +5,7 @@
   be formed).  When K + λI is not numerically positive definite (tiny λ against K's rounding
   error, the usual case at the paper's λ), a jitter grows from 500·eps·mean(diag K) until the
   factorisation succeeds; only if that fails too does an eigendecomposition run (see its
-  docstring for the policy and its measured cost).
+  docstring for the policy and its cost).
 - :func:`lstsq_solve`: minimum-norm least squares by SVD, as the ENGD reference code solves
   its P x P system on the CPU.
 - :func:`nystrom_standard`: randomized Nyström approximation (Frangella, Tropp & Udell,
@@ -96,10 +96,11 @@ def cholesky_solve(k_lower, damping, g, effective_dimension: bool = False,
        at most 8 times.  The step then solves (K + (λ + δ)I) u = g: a positive definite system
        a distance δ from the requested one, so the direction is the ENGD direction with damping
        λ + δ.  ``jitter`` reports δ (0 when step 1 succeeded).  Each retry costs one more
-       Cholesky, O(N³/3): measured at the paper's 5d size, one retry in almost every step.
+       Cholesky, O(N³/3); at the paper's 5d λ almost every step needs one.
     3. If every jittered factorisation fails (e.g. non-finite entries in K), the
        eigendecomposition fallback runs: eigenvalues clipped at 0 and a pseudo-inverse of the
-       spectrum below ``N·eps·max(σ + λ)``; ``fallback`` reports it (costs about 2× a step).
+       spectrum below ``N·eps·max(σ + λ)``; ``fallback`` reports it (an eigendecomposition
+       costs several Cholesky factorisations).
 
     With ``effective_dimension=True`` it also returns tr(K(K + λ'I)⁻¹) at the damping λ'
     actually used (λ + δ).
@@ -137,10 +138,8 @@ def cholesky_solve(k_lower, damping, g, effective_dimension: bool = False,
         return u, d_eff
 
     # Step 1 outside any control flow: an N x N factor that enters a cond or a while_loop costs
-    # XLA copies.  Measured at N = 3500 on a 2-core CPU, in one interleaved run of whole
-    # ENGD-W steps (poisson5d, η fixed): 2.26 s with the factor in the loop, 2.15 s without.
-    # Only vectors cross into the cond below.  (With effective_dimension, a failed first
-    # factor also pays its triangular inverse: tracked runs only.)
+    # XLA copies.  Only vectors cross into the cond below.  (With effective_dimension, a failed
+    # first factor also pays its triangular inverse: tracked runs only.)
     zero = jnp.zeros((), dtype)
     if jitter == "none":
         chol = factor(zero)

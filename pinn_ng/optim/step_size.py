@@ -63,8 +63,8 @@ class GridLineSearchState(NamedTuple):
     step_size: jax.Array  # η chosen at the last step (0: no step)
 
 
-#: candidates evaluated at once by the line search of the optimizers (see
-#: ``bench/line_search_speed.py``: peak memory of 1 and 32 candidates against the time)
+#: candidates evaluated at once by the line search of the optimizers: one, so that its peak
+#: memory is that of one loss evaluation, for a small share of a step's time
 DEFAULT_CHUNK_SIZE = 1
 
 

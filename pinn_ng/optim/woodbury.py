@@ -1,7 +1,7 @@
 """ENGD-W and SPRING: the natural-gradient step computed in sample space.
 
-Push-through identity (PAPER.md): (JᵀJ + λI)⁻¹Jᵀ = Jᵀ(JJᵀ + λI)⁻¹, so the ENGD direction is
-φ = Jᵀ(K + λI)⁻¹ r with the N x N kernel K = JJᵀ: O(N²P) for K plus O(N³) for its
+The paper's push-through identity (JᵀJ + λI)⁻¹Jᵀ = Jᵀ(JJᵀ + λI)⁻¹ makes the ENGD direction
+φ = Jᵀ(K + λI)⁻¹ r, with the N x N kernel K = JJᵀ: O(N²P) for K plus O(N³) for its
 factorisation, instead of O(P³).  SPRING (paper's Algorithm 1) adds momentum; with μ = 0 it is
 exactly ENGD-W.  Step k = 1, 2, …:
 

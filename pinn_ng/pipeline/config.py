@@ -326,11 +326,10 @@ class Plan:
         cache (``compilation_cache``; none if it is null).
 
         Runs of one grid compile the same programs (replicates, the same optimizer at one
-        size): a process that finds its executables there skips XLA's compilation (on this
-        2-core CPU, a smoke run's 3.5 s of compilation became 0.8 s).  Compilation is never
-        inside the timed steps, so only ``compile_seconds`` changes.  Every entry is kept,
-        however fast it compiled; the size cap turns on JAX's file lock, so that jobs running
-        side by side never read a half-written entry.
+        size): a process that finds its executables there skips XLA's compilation.
+        Compilation is never inside the timed steps, so only ``compile_seconds`` changes.  Every
+        entry is kept, however fast it compiled; the size cap turns on JAX's file lock, so that
+        jobs running side by side never read a half-written entry.
         """
         where = self.config.get("compilation_cache")
         if not where:

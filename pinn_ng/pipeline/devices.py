@@ -1,4 +1,4 @@
-"""Which device a run may start on (issue 13): ``device=gpu`` refuses a machine without a GPU.
+"""Which device a run may start on: ``device=gpu`` refuses a machine without a GPU.
 
 The paper preset asks for ``device: gpu``.  Without this check, a forgotten ``jax[cuda12]``
 install (or a job that landed on a CPU node) would train the paper grid on a CPU for weeks and

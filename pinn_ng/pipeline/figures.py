@@ -5,7 +5,7 @@ metadata entry and with ``svg.hashsalt`` fixed, so the same tables give byte-ide
 Each figure uses the runs of one experiment (``experiments.csv``):
 
 - ``speedup``: seconds per step over N (log-log) at the first net and over P at the first
-  batch, one line per optimizer; ENGD / ENGD-W ratios written at each N (PAPER.md: "> 30×").
+  batch, one line per optimizer; ENGD / ENGD-W ratios written at each N (the paper: "> 30×").
   Seconds per step are each run's median over its steps where the record has it, else the mean.
 - ``convergence_<problem>``: L2 error against wall-clock time and against steps (paper figs 2, 3);
   with several replicates per optimizer, their median and a min–max band (:func:`replicate_band`);

@@ -20,7 +20,7 @@ SPEC_DEFAULTS = {
     "n_interior": None,
     "n_boundary": None,
     "replicate": 0,
-    "data_seed": 0,  # PAPER.md: data seed 0, model seed 1 in the reference runs
+    "data_seed": 0,  # the paper's reference runs: data seed 0, model seed 1
     "model_seed": 1,
     "max_steps": None,
     "max_seconds": None,
@@ -185,8 +185,8 @@ def run(spec: dict, out_dir, progress=None) -> dict:
             eval_every=spec["eval_every"], data_seed=spec["data_seed"], dtype=dtype,
             batch_every=spec["batch_every"], progress=progress)
     except Exception as err:  # noqa: BLE001 - only out-of-memory is a result, see below
-        # Running out of device memory is an outcome worth recording (PAPER.md: "ENGD runs
-        # out of memory" on 10d), not a pipeline failure; anything else is a bug and raises.
+        # Running out of device memory is an outcome worth recording (the paper's ENGD runs
+        # out of memory on 10d), not a pipeline failure; anything else is a bug and raises.
         text = f"{type(err).__name__}: {err}"
         if not (isinstance(err, MemoryError) or "RESOURCE_EXHAUSTED" in text
                 or "out of memory" in text.lower()):

@@ -127,7 +127,7 @@ def test_fidelity_preset_runs_the_logged_configurations():
     specs = {(s["problem"], s["label"]): s for s in plan.runs.values()}
     engd = specs["poisson5d", "engd"]
     assert engd["widths"] == [5, 64, 48, 32, 16, 1] and engd["hparams"]["solver"] == "lstsq"
-    assert engd["max_steps"] == 50 and engd["max_seconds"] is None
+    assert engd["max_steps"] == 15 and engd["max_seconds"] is None
     assert specs["poisson5d", "engd_w"]["widths"] == [5, 64, 64, 48, 48, 1]
     assert specs["poisson5d", "spring"]["hparams"]["momentum"] == 0.0633
     assert specs["poisson5d", "spring_mu_text"]["hparams"]["momentum"] == 0.3115

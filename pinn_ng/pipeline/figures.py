@@ -433,7 +433,9 @@ def fig_paper_overlay(tables, plt, sns, palette, problem, paper_dir=None):
         ax.set(xscale="log", yscale="log", xlabel="steps (updates)", ylabel="L2 error (RMS)")
         ax.set_title(f"{display}\npaper run {ref['run']}, net {ref['model']}", fontsize=8)
         ax.legend(fontsize=7, loc="lower left")
-    fig.suptitle(f"{problem}: our L2 error and the paper authors' logged run at equal steps\n"
+    # one narrow panel cannot hold the two-line title: break it once more
+    sep = "\n" if ncols == 1 else " "
+    fig.suptitle(f"{problem}: our L2 error and the paper authors'{sep}logged run at equal steps\n"
                  "(their row k is after k + 1 updates, drawn at step k + 1)", fontsize=9)
     fig.tight_layout()
     return fig

@@ -15,6 +15,9 @@ from pinn_ng.problems import Batch
 from pinn_ng.residuals import ResidualFn, scaled_residuals
 
 ALL = problems.names()
+#: the raw-scale variants differ from poisson10d/100d by a constant only
+#: (test_high_dim_poisson_is_trained_normalised): their J is the same code path
+PATHS = [name for name in ALL if not name.endswith("_raw")]
 SMALL_WIDTHS = {"poisson100d": (100, 8, 1)}
 
 
@@ -139,7 +142,7 @@ def test_unknown_laplacian_method():
         operators.laplacian(jnp.sum, method="finite_differences")
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", PATHS)
 def test_jacobian_matches_jacfwd_and_products(name):
     """Both residual paths (channels of the MLP, per-point folx) against jax.jacfwd of the
     plain batched residual: r to 1e-12, J and the products to 1e-10 (a few hundred flops per

@@ -1,7 +1,7 @@
 """``pinn-ng compare``: the paper's headline numbers next to ours, from the gathered tables.
 
 Writes ``results/paper_comparison.md``: for each headline claim of the paper (Poisson 5d;
-shared/PAPER.md, "Headline results") the paper's number, ours, and how ours was obtained.
+the paper's headline results) the paper's number, ours, and how ours was obtained.
 The paper's numbers are facts of the paper, written once below (:data:`PAPER`).  Every number
 of ours is computed here from ``summary.csv``, ``curves.csv``, ``experiments.csv`` and, when
 present, ``nystrom_table.csv``; nothing of ours is typed in.  A claim whose runs are not in the
@@ -32,7 +32,7 @@ from . import paper_curves, records
 
 PROBLEM = "poisson5d"
 
-#: The paper's numbers (shared/PAPER.md): Poisson 5d, 7000 s per optimizer on an RTX 6000.
+#: The paper's numbers (Guzmán-Cordero et al. 2025, arXiv 2505.12149): Poisson 5d, 7000 s per optimizer on an RTX 6000.
 PAPER = {
     "budget_seconds": 7000.0,
     "steps": {"engd": 122, "engd_w": 5509},
@@ -211,7 +211,7 @@ def comparison(results_dir) -> tuple[str, list[dict]]:
             "effective_dimension runs")
 
     lines = ["# The paper's headline results (Poisson 5d) next to ours", "",
-             "Paper: Guzmán-Cordero et al., NeurIPS 2025 (shared/PAPER.md), 7000 s per "
+             "Paper: Guzmán-Cordero et al., NeurIPS 2025 (arXiv 2505.12149), 7000 s per "
              "optimizer on an RTX 6000 GPU, float64.  Ours: computed by `pinn-ng compare` from "
              "the gathered tables of this run (summary.csv, curves.csv, nystrom_table.csv); "
              "budgets, hardware and seeds are those of the preset.", "",

@@ -6,7 +6,7 @@ import math
 import statistics
 from pathlib import Path
 
-from . import records
+from . import contention, records
 from .errors import UserError
 
 #: Keys of a run specification and their defaults (None: the problem's paper value).
@@ -154,8 +154,11 @@ def _median(values):
     return float(statistics.median(values)) if values else None
 
 
-def run(spec: dict, out_dir, progress=None) -> dict:
+def run(spec: dict, out_dir, progress=None, on_contention: str = "mark") -> dict:
     """Train as ``spec`` says and write the record to ``out_dir``; return its metadata.
+
+    ``on_contention`` (:data:`pinn_ng.pipeline.contention.ON_CONTENTION`): ``fail`` records
+    a run measured under contention as ``failed``; ``warn`` and ``mark`` keep it, flagged.
 
     Nothing is written until training has finished (or diverged): an interrupted run leaves
     no record.
@@ -176,6 +179,7 @@ def run(spec: dict, out_dir, progress=None) -> dict:
     params = init(jax.random.PRNGKey(spec["model_seed"]))
     residual_fn = ResidualFn(problem, apply)
     optimizer = make_optimizer(spec, residual_fn)
+    monitor = contention.Monitor().start()
     try:
         result = train.train(
             problem, jax.jit(apply), params, optimizer, residual_fn,
@@ -193,6 +197,12 @@ def run(spec: dict, out_dir, progress=None) -> dict:
             raise
         result = train.TrainResult(diverged=True, reason="out of memory: " + text[:300],
                                    stopped_by="out_of_memory")
+    machine_load = monitor.stop().probes(result.step_seconds)
+    contended, why = contention.verdict(machine_load)
+    machine_load.update(why=why, on_contention=on_contention)
+    status = "diverged" if result.diverged else "finished"
+    if contended and on_contention == "fail":  # the preset refuses timings taken under load
+        status = "failed"
 
     extra = sorted({k for row in result.rows for k in row} - set(train.BASE_COLUMNS))
     columns = list(train.BASE_COLUMNS) + extra
@@ -206,13 +216,15 @@ def run(spec: dict, out_dir, progress=None) -> dict:
         "n_params": models.n_params(spec["widths"]),
         "N": spec["n_interior"] + spec["n_boundary"],
         "seeds": {"data": spec["data_seed"], "model": spec["model_seed"]},
-        "status": "diverged" if result.diverged else "finished",
+        "status": status,
         "diverged": result.diverged,
-        "reason": result.reason,
+        "reason": f"contended: {why}" if status == "failed" else result.reason,
         "stopped_by": result.stopped_by,
         "steps": result.steps,
         "seconds": result.seconds,
         "seconds_per_step": result.seconds_per_step if result.steps else None,
+        "contended": contended,  # pinn_ng.pipeline.contention.RULE on the probes below
+        "machine_load": machine_load,
         "compile_seconds": result.compile_seconds,
         # steps at which the solver needed a jitter / eigh fallback / larger Nyström shift,
         # or skipped a non-finite direction (pinn_ng.optim.EVENT_FIELDS)
@@ -233,6 +245,10 @@ def run(spec: dict, out_dir, progress=None) -> dict:
         "started_utc": started,
         "finished_utc": records.utc_now(),
     }
+    if result.final_params is not None:  # the solution figures redraw the trained net
+        from . import params_io
+
+        params_io.save(Path(out_dir) / params_io.FILE, result.final_params)
     records.write_record(out_dir, result.rows, columns, meta)
     return meta
 

@@ -30,7 +30,8 @@ import jax
 import optax
 
 import pinn_ng
-from pinn_ng import hugepages, models, optim, problems
+from pinn_ng import models, optim, problems
+from pinn_ng.pipeline import hugepages
 from pinn_ng.optim.step_size import step_size_chain
 from pinn_ng.residuals import ResidualFn
 
@@ -183,7 +184,7 @@ def main(argv=None) -> int:
     pinn_ng.limit_blas_threads(1)
     repeats = 3 if args.quick else 7
     print(f"device: {jax.devices()[0].device_kind}, float64, glibc huge pages: "
-          f"{hugepages.active()} (pinn_ng/hugepages.py)")
+          f"{hugepages.active()} (pinn_ng/pipeline/hugepages.py)")
     jacobian_table("poisson5d", 3000, 500, repeats)
     jacobian_table("poisson100d", 100, 50, repeats)
     step_table(repeats)

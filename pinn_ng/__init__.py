@@ -5,7 +5,11 @@ paper's float64 setting (the default dtype of every function here).
 
 The package's names are loaded on first use (PEP 562): ``import pinn_ng`` alone does not import
 JAX, so the command line and the pipeline's helpers start in a fraction of a second (every
-``pinn-ng run`` re-executes itself once, see :mod:`pinn_ng.hugepages`).
+``pinn-ng run`` re-executes itself once, see :mod:`pinn_ng.pipeline.hugepages`).
+
+The library needs only JAX, optax, folx, NumPy and tqdm.  The runtime that runs jobs (the
+``pinn-ng`` pipeline commands, the Snakefile, plugins, huge pages) lives in
+:mod:`pinn_ng.pipeline` and needs the ``pinn-ng[pipeline]`` extra.
 """
 
 from __future__ import annotations
@@ -26,6 +30,13 @@ def __getattr__(name: str):
     if name in _SUBMODULES:
         return importlib.import_module(f".{name}", __name__)
     if name in _NAMES:
+        if name == "limit_blas_threads":
+            try:
+                import threadpoolctl  # noqa: F401 - of the pipeline extra
+            except ImportError:
+                raise ImportError("pinn_ng.limit_blas_threads needs threadpoolctl: pip "
+                                  "install 'pinn-ng[pipeline]' (or export "
+                                  "OPENBLAS_NUM_THREADS=1)") from None
         value = getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
         globals()[name] = value
         return value

@@ -502,6 +502,11 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(message).split())
 
 
+#: The top-level modules of the ``pipeline`` extra (``pip install pinn-ng`` has none of them).
+PIPELINE_PACKAGES = {"filelock", "jsonschema", "matplotlib", "pandas", "scipy", "seaborn",
+                     "snakemake", "threadpoolctl", "yaml"}
+
+
 def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -511,13 +516,13 @@ def main(argv=None) -> int:
                                        and args.tune_command in ("trial", "final"))
     if argv is None and trains:  # a real process, not a test calling main(); trials and
         # final runs train under the same conditions as every run
-        from .hugepages import reexec_with_huge_pages
+        from .pipeline.hugepages import reexec_with_huge_pages
 
         reexec_with_huge_pages([sys.executable, "-m", "pinn_ng.cli", *sys.argv[1:]])
-    from .blas import limit_blas_threads
-
-    limit_blas_threads(1)  # OpenBLAS threads otherwise spin against XLA's (pinn_ng/blas.py)
     try:
+        from .blas import limit_blas_threads
+
+        limit_blas_threads(1)  # OpenBLAS threads otherwise spin against XLA's (pinn_ng/blas.py)
         # Plugins (entry points, PINN_NG_PLUGINS) before any name is read; a preset's own
         # `plugins` are loaded when it is planned.
         from . import plugins
@@ -530,6 +535,12 @@ def main(argv=None) -> int:
         if args.debug or os.environ.get("PINN_NG_TRACEBACK"):
             raise
         print(f"pinn-ng {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:  # a library-only install: the runtime's packages
+        if (err.name or "").partition(".")[0] not in PIPELINE_PACKAGES:
+            raise
+        print(f"pinn-ng {args.command}: error: needs the pipeline extra (no module named "
+              f"{err.name!r}): pip install 'pinn-ng[pipeline]'", file=sys.stderr)
         return 2
 
 

@@ -1,6 +1,6 @@
-"""The huge-page tunable's environment handling (pinn_ng/hugepages.py)."""
+"""The huge-page tunable's environment handling (pinn_ng/pipeline/hugepages.py)."""
 
-from pinn_ng import hugepages
+from pinn_ng.pipeline import hugepages
 
 
 def test_environment_keeps_other_tunables_and_is_idempotent():

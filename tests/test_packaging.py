@@ -99,3 +99,51 @@ def test_installed_copy_reports_no_git_commit(installed):
     out = _sh(env / "bin" / "python", "-c", "from pinn_ng.pipeline import records; "
               "print(records.source_tree(), records.git_info())", cwd=outside).stdout
     assert out.strip() == "None {'commit': None, 'dirty': None}"
+
+
+#: What ``pip install pinn-ng`` leaves out: the pipeline extra's top-level modules.
+PIPELINE_ONLY = ("filelock", "jsonschema", "matplotlib", "pandas", "scipy", "seaborn",
+                 "snakemake", "threadpoolctl", "yaml")
+
+#: Run in a fresh interpreter: importing any of PIPELINE_ONLY raises, as without the extra.
+_BLOCK = f"""
+import importlib.abc, sys
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {PIPELINE_ONLY!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        return None
+
+sys.meta_path.insert(0, Block())
+"""
+
+
+def test_the_library_imports_without_the_pipeline_extra():
+    code = _BLOCK + """
+import pinn_ng
+from pinn_ng import metrics, models, operators, optim, problems, residuals, train
+assert callable(pinn_ng.optim.spring) and callable(optim.make)
+assert "poisson2d" in problems.names() and "mlp" in models.names()
+try:
+    pinn_ng.limit_blas_threads
+except ImportError as err:
+    assert "pinn-ng[pipeline]" in str(err), err
+else:
+    raise AssertionError("limit_blas_threads without threadpoolctl")
+loaded = sorted({m.partition(".")[0] for m in sys.modules} & set(%r))
+assert not loaded, loaded
+print("ok")
+""" % (PIPELINE_ONLY,)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+def test_the_command_line_without_the_pipeline_extra_says_what_to_install():
+    code = _BLOCK + "from pinn_ng.cli import main\nsys.exit(main(['plan', 'smoke']))\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip() == ("pinn-ng plan: error: needs the pipeline extra (no module "
+                                   "named 'threadpoolctl'): pip install 'pinn-ng[pipeline]'")

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
-from .. import hugepages
+from . import hugepages
 
 CURVE = "curve.csv"
 META = "meta.json"
@@ -126,7 +126,7 @@ def device_info() -> dict:
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "hostname": platform.node(),
-        # glibc's huge-page tunable (pinn_ng/hugepages.py): speed only, never the numbers
+        # glibc's huge-page tunable (pipeline/hugepages.py): speed only, never the numbers
         "huge_pages": hugepages.active(),
     }
 

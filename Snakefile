@@ -3,9 +3,9 @@
 # or `--configfile config/smoke.yaml` on top; overrides with `--config key=value`.
 # The preset is validated (the schema shipped with pinn_ng, with the registries' names filled
 # in; pinn_ng.pipeline.config) before any job runs.  config/*.yaml link to the presets shipped
-# in pinn_ng/pipeline/presets/.  Every training, gathering and drawing job calls the `pinn-ng`
-# command line; the Nyström table is a benchmark, bench/nystrom_table.py (run with the Python
-# that runs this Snakefile).  See README "The benchmark pipeline".
+# in pinn_ng/pipeline/presets/.  Every job (training, gathering, drawing, the Nyström table)
+# calls the `pinn-ng` command line, so an installed pinn-ng[pipeline] runs this Snakefile
+# without a checkout's bench/.  See README "The benchmark pipeline".
 # `snakemake --report report.html` (after a run) bundles the figures and tables marked with
 # report() below, with the captions under report/, into one self-contained HTML file.
 # Tuning (the preset's `tuning` section; pinn_ng.pipeline.tuning): per study, a trial table per
@@ -16,7 +16,6 @@
 import json
 import os
 import re
-import shlex
 import sys
 
 from snakemake.exceptions import WorkflowError
@@ -51,8 +50,6 @@ DEVICE = PLAN.config.get("device", "any")
 # every job's JAX (runs, trials, the Nyström table) shares one persistent compilation cache
 os.environ.update(PLAN.compilation_cache_env())
 os.environ.update(PLAN.plugins_env())
-NYSTROM_TABLE = shlex.join([sys.executable, os.path.join(workflow.basedir, "bench",
-                                                         "nystrom_table.py")])
 
 
 
@@ -354,8 +351,8 @@ rule nystrom_table:
     resources:
         gpu=GPUS,
     shell:
-        NYSTROM_TABLE + " --spec {params.spec:q} --dtype {params.dtype} --device {DEVICE} "
-        "--out-csv {output.csv:q} --out-md {output.md:q} 2> {log:q}"
+        "pinn-ng nystrom-table --spec {params.spec:q} --dtype {params.dtype} --device {DEVICE} "
+        "--out-csv {output.csv:q} --out-md {output.md:q} > /dev/null 2> {log:q}"
 
 
 rule paper_comparison:

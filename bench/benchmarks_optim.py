@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bench import _cases, nystrom_table
+from bench import _cases
+from pinn_ng.pipeline import nystrom_table
 from pinn_ng.residuals import ResidualFn
 from bench._timing import MiB, compile_jitted, interleaved_timings, peak_memory
 
@@ -228,7 +229,7 @@ class SampleSpace:
 
 
 def _nystrom_fns(n: int, fraction: float):
-    """The two solves of ``bench/nystrom_table.py`` (the one Nyström harness), jitted."""
+    """The two solves of ``pinn-ng nystrom-table`` (the one Nyström harness), jitted."""
     ell = nystrom_table.sketch_size(n, fraction)
     return {asv_name: jax.jit(nystrom_table.solve_fn(variant, n, ell, NYSTROM_DAMPING))
             for variant, asv_name in nystrom_table.VARIANTS.items()}

@@ -26,7 +26,7 @@ import pinn_ng
 from pinn_ng import models, problems
 from pinn_ng.residuals import ResidualFn
 
-from bench import nystrom_table
+from pinn_ng.pipeline import nystrom_table
 from bench._timing import MiB, compile_jitted, interleaved_timings, peak_memory
 from bench.optim_speed import DAMPING, ETA, split_batch, step_fn
 

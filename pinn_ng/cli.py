@@ -10,12 +10,13 @@
                            our L2 next to the authors' own runs at equal steps ->
                            paper_equal_steps.csv, .md
 ``pinn-ng plan``           validate a pipeline preset and list its runs and figures
+``pinn-ng nystrom-table``  standard vs GPU-efficient Nyström, time and memory (appendix B)
 ``pinn-ng tune …``         the tuning stage: trials (a stage's trial table), trial (run one),
                            failed (record a crashed trial), select (best.json and table),
                            final (rerun a best configuration), figure (sensitivity, best so far)
 
-The Snakefile drives run / gather / figures / compare; each also works by hand.  (The
-appendix-B Nyström table is a benchmark: ``python bench/nystrom_table.py``.)
+The Snakefile drives run / gather / figures / compare / nystrom-table; each also works by
+hand.
 
 Every command first loads the plugins (:mod:`pinn_ng.plugins`: entry points of installed
 packages and ``PINN_NG_PLUGINS``), so that the names they register work everywhere.
@@ -238,6 +239,21 @@ def _cmd_plan(args) -> int:
     return 0
 
 
+def _cmd_nystrom_table(args) -> int:
+    from .pipeline import devices, nystrom_table
+
+    spec = nystrom_table.load_spec(args.spec)
+    for key in ("problem", "n", "fractions", "damping", "repeats"):
+        if getattr(args, key) is not None:
+            spec.setdefault(key, getattr(args, key))  # the flags fill in what --spec lacks
+    devices.require(args.device)
+    nystrom_table.write(spec, args.out_csv, args.out_md, dtype=args.dtype,
+                        log=lambda msg: print(f"[nystrom-table] {msg}", file=sys.stderr,
+                                              flush=True))
+    print(args.out_csv)
+    return 0
+
+
 def _cmd_tune_trials(args) -> int:
     from .pipeline import tuning
 
@@ -445,6 +461,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--config", nargs="*", metavar="KEY=VALUE", help="top-level overrides")
     sp.add_argument("--schema", help="default: the schema shipped with pinn_ng")
     sp.set_defaults(func=_cmd_plan)
+
+    sp = sub.add_parser("nystrom-table", help="standard vs GPU-efficient Nystrom, time and "
+                        "memory (appendix B)", description="Time and memory of the standard "
+                        "and the GPU-efficient Nystrom solve on the kernel of a problem's net "
+                        "at initialisation (pinn_ng.pipeline.nystrom_table).")
+    sp.add_argument("--spec", help="JSON with problem, n, fractions, damping, repeats, widths "
+                    "(a preset's nystrom_table); the flags fill in what it lacks")
+    sp.add_argument("--problem", help="default poisson5d")
+    sp.add_argument("--n", type=int, nargs="+", help="batch sizes N (default: the paper's 5000)")
+    sp.add_argument("--fractions", type=float, nargs="+",
+                    help="sketch sizes as fractions of N (default 0.2 0.4 0.6 0.8)")
+    sp.add_argument("--damping", type=float, help="lambda (default: the paper's 1e-7)")
+    sp.add_argument("--repeats", type=int, help="timed calls per variant (default 5)")
+    sp.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    sp.add_argument("--device", choices=["any", "cpu", "gpu"], default="any",
+                    help="refuse to start unless JAX sees this device (default: any)")
+    sp.add_argument("--out-csv", required=True)
+    sp.add_argument("--out-md")
+    sp.set_defaults(func=_cmd_nystrom_table)
 
     tp = sub.add_parser("tune", help="the tuning stage (the Snakefile drives it)",
                         description="The tuning stage, one step per subcommand; see "

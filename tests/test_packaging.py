@@ -147,3 +147,10 @@ def test_the_command_line_without_the_pipeline_extra_says_what_to_install():
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.strip() == ("pinn-ng plan: error: needs the pipeline extra (no module "
                                    "named 'threadpoolctl'): pip install 'pinn-ng[pipeline]'")
+
+
+def test_the_snakefile_needs_no_checkout_beyond_itself():
+    """Every job is a ``pinn-ng`` command: nothing runs from the checkout's bench/."""
+    text = (REPO / "Snakefile").read_text()
+    code = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+    assert "bench" not in code and "pinn-ng nystrom-table" in code

@@ -4,7 +4,7 @@ The paper preset asks for ``device: gpu``.  Without this check, a forgotten ``ja
 install (or a job that landed on a CPU node) would train the paper grid on a CPU for weeks and
 record CPU timings as if they were the paper's.  The check is one line, made before anything
 is compiled or written: by ``pinn-ng run --device gpu`` (every pipeline run), by
-``bench/nystrom_table.py --device gpu``, and by the Snakefile before the first job of a local
+``pinn-ng nystrom-table --device gpu``, and by the Snakefile before the first job of a local
 run.  ``pinn-ng plan`` and dry runs never check: a login node has no GPU.
 """
 

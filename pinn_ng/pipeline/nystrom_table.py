@@ -1,19 +1,21 @@
 """Standard vs GPU-efficient randomized Nyström, time and memory (paper appendix B).
 
-    python bench/nystrom_table.py --out-csv nystrom_table.csv --out-md nystrom_table.md
-    python bench/nystrom_table.py --spec '{"problem": "poisson2d", "n": [60], ...}' --out-csv t.csv
+    pinn-ng nystrom-table --out-csv nystrom_table.csv --out-md nystrom_table.md
+    pinn-ng nystrom-table --spec '{"problem": "poisson2d", "n": [60], ...}' --out-csv t.csv
 
-The one Nyström timing harness: the pipeline's ``nystrom_table`` rule runs this script, the
-asv suite (``bench/benchmarks_optim.py``) and ``bench/gpu_check.py`` import its solves and
-kernel.  For each batch size N and sketch fraction ℓ/N: the kernel K = JJᵀ of the problem's
-network at initialisation on one batch (N_Ω : N_∂Ω as in the paper's batch), then the time to
+The one Nyström timing harness: the pipeline's ``nystrom_table`` rule runs it as a ``pinn-ng``
+command (so an installed copy runs the pipeline, no checkout needed), the asv suite
+(``bench/benchmarks_optim.py``) and ``bench/gpu_check.py`` import its solves and kernel.
+For each batch size N and sketch fraction ℓ/N: the kernel K = JJᵀ of the problem's network
+at initialisation on one batch (N_Ω : N_∂Ω as in the paper's batch), then the time to
 build each Nyström approximation and apply (K̂ + λI)⁻¹ to one vector, and the memory it needs.
 
-- Time: compiled first (``bench._timing.compile_jitted``, not timed), one checked call, then
-  the median of ``repeats`` calls (``bench._timing.median_time``), each up to
+- Time: compiled first (:func:`~pinn_ng.pipeline.timing.compile_jitted`, not timed), one
+  checked call, then the median of ``repeats`` calls
+  (:func:`~pinn_ng.pipeline.timing.median_time`), each up to
   ``block_until_ready``.
 - Memory (``*_mib``): the peak memory one call adds on top of its inputs.  On Linux it is
-  measured: each variant runs in a fresh child process (this script, ``--child-peak``) that
+  measured: each variant runs in a fresh child process (this module, ``--child-peak``) that
   loads K, compiles, resets the kernel's resident-set high-water mark
   (``/proc/self/clear_refs``), calls once and reports VmHWM − VmRSS.  That sees everything the
   call touches, the LAPACK workspaces of QR and SVD included, which XLA's buffer assignment
@@ -25,20 +27,20 @@ build each Nyström approximation and apply (K̂ + λI)⁻¹ to one vector, and 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
-if __package__ in (None, ""):  # run as a script: make ``bench`` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import jax
 
-from bench._timing import MiB, compile_jitted, median_time, xla_peak_bytes
+from .timing import MiB, compile_jitted, median_time, xla_peak_bytes
 
 COLUMNS = ["N", "fraction", "sketch_size", "damping", "standard_seconds", "gpu_seconds",
            "speedup", "standard_mib", "gpu_mib", "memory_source", "backend", "device_kind"]
+#: What ``pinn-ng nystrom-table`` measures when neither ``--spec`` nor a flag says otherwise:
+#: the paper's appendix-B setting.
+DEFAULTS = {"problem": "poisson5d", "n": [5000], "fractions": [0.2, 0.4, 0.6, 0.8],
+            "damping": 1e-7, "repeats": 5}
 #: The two variants: name in the table's columns -> name in the asv suite.
 VARIANTS = {"standard": "standard", "gpu": "gpu_efficient"}
 
@@ -94,7 +96,8 @@ def child_peak_mib(variant: str, kernel_path: str, ell: int, damping: float) -> 
     """In this (fresh) process: load K, compile, reset VmHWM, call once; peak MiB added."""
     import numpy as np
 
-    from pinn_ng import enable_x64, limit_blas_threads
+    from ..blas import limit_blas_threads
+    from ..precision import enable_x64
 
     k_np = np.load(kernel_path)
     if k_np.dtype == np.float64:
@@ -118,7 +121,7 @@ def _measured_mib(variant: str, kernel_path: str, ell: int, damping: float) -> f
     if not os.path.exists("/proc/self/clear_refs"):
         return None
     try:
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child-peak",
+        out = subprocess.run([sys.executable, "-m", __name__, "--child-peak",
                               variant, kernel_path, str(ell), repr(damping)],
                              check=True, capture_output=True, text=True)
         return float(out.stdout.strip().splitlines()[-1])
@@ -134,7 +137,7 @@ def table(problem: str, n: list, fractions: list, damping: float, widths=None,
     import jax.numpy as jnp
     import numpy as np
 
-    from pinn_ng import enable_x64
+    from ..precision import enable_x64
 
     if dtype == "float64":
         enable_x64()
@@ -195,48 +198,44 @@ def markdown(rows: list[dict]) -> str:
             + "\n".join(lines) + "\n")
 
 
-def main(argv=None) -> int:
-    if argv is None:
-        argv = sys.argv[1:]
-    if argv[:1] == ["--child-peak"]:  # the memory measurement's fresh process
-        variant, path, ell, damping = argv[1:5]
-        print(child_peak_mib(variant, path, int(ell), float(damping)))
-        return 0
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--spec", help="JSON with problem, n, fractions, damping, repeats, widths "
-                    "(the preset's nystrom_table); flags fill in what it lacks")
-    ap.add_argument("--problem", default="poisson5d")
-    ap.add_argument("--n", type=int, nargs="+", default=[5000], help="paper: 5000")
-    ap.add_argument("--fractions", type=float, nargs="+", default=[0.2, 0.4, 0.6, 0.8])
-    ap.add_argument("--damping", type=float, default=1e-7, help="λ (paper: 1e-7)")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--dtype", choices=["float64", "float32"], default="float64")
-    ap.add_argument("--device", choices=["any", "cpu", "gpu"], default="any",
-                    help="refuse to start unless JAX sees this device")
-    ap.add_argument("--out-csv", required=True)
-    ap.add_argument("--out-md")
-    args = ap.parse_args(argv)
-    from pinn_ng import limit_blas_threads
-    from pinn_ng.pipeline import devices, records
-    from pinn_ng.pipeline.errors import UserError
+def write(spec: dict, out_csv, out_md=None, *, dtype="float64", log=print) -> list[dict]:
+    """:func:`table` of ``spec`` (problem, n, fractions, damping, repeats, widths: the preset's
+    ``nystrom_table``, :data:`DEFAULTS` for what it lacks) -> ``out_csv`` and ``out_md``."""
+    from .. import blas
+    from . import records
 
-    try:
-        devices.require(args.device)
-    except UserError as err:
-        print(f"nystrom_table.py: error: {err}", file=sys.stderr)
-        return 2
-    limit_blas_threads(1)  # OpenBLAS threads otherwise spin against XLA's
-    spec = json.loads(args.spec) if args.spec else {}
-    for key in ("problem", "n", "fractions", "damping", "repeats"):
-        spec.setdefault(key, getattr(args, key))
+    spec = {**DEFAULTS, **(spec or {})}
+    blas.limit_blas_threads(1)  # OpenBLAS threads otherwise spin against XLA's
     rows = table(spec["problem"], spec["n"], spec["fractions"], spec["damping"],
-                 widths=spec.get("widths"), repeats=spec["repeats"], dtype=args.dtype,
-                 log=lambda msg: print(f"[nystrom-table] {msg}", file=sys.stderr, flush=True))
-    records.atomic_write_text(args.out_csv, records.rows_to_csv(rows, COLUMNS))
-    if args.out_md:
-        records.atomic_write_text(args.out_md, markdown(rows))
-    return 0
+                 widths=spec.get("widths"), repeats=spec["repeats"], dtype=dtype, log=log)
+    records.atomic_write_text(out_csv, records.rows_to_csv(rows, COLUMNS))
+    if out_md:
+        records.atomic_write_text(out_md, markdown(rows))
+    return rows
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def load_spec(text: str | None) -> dict:
+    """The ``--spec`` JSON object of ``pinn-ng nystrom-table`` (``{}`` if none)."""
+    from .errors import UserError
+
+    if not text:
+        return {}
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"--spec: not valid JSON ({err.msg}); give a JSON object such as "
+                        '{"problem": "poisson2d", "n": [60]}') from None
+    if not isinstance(spec, dict):
+        raise UserError(f"--spec must be a JSON object, got {type(spec).__name__}")
+    unknown = sorted(set(spec) - set(DEFAULTS) - {"widths"})
+    if unknown:
+        raise UserError(f"--spec: unknown key {unknown[0]!r}; valid keys: "
+                        f"{sorted([*DEFAULTS, 'widths'])}")
+    return spec
+
+
+if __name__ == "__main__":  # the memory measurement's fresh process (see child_peak_mib)
+    if sys.argv[1:2] != ["--child-peak"]:
+        sys.exit("usage: pinn-ng nystrom-table ... (this module runs itself with --child-peak)")
+    variant, path, ell, damping = sys.argv[2:6]
+    print(child_peak_mib(variant, path, int(ell), float(damping)))

@@ -120,6 +120,7 @@ TABLES = ("curves", "summary", "summary_by_config", "experiments")
 
 def table_targets():
     out = [f"{RES}/{name}.csv" for name in TABLES] if (RUNS or TUNED) else []
+    out += [f"{RES}/leaderboard.md"] if (RUNS or TUNED) else []
     if PLAN.nystrom_table:
         out += [f"{RES}/nystrom_table.csv", f"{RES}/nystrom_table.md"]
     if RUNS:
@@ -320,6 +321,9 @@ rule gather:
         **{name: report(f"{RES}/{name}.csv", caption=f"report/{name}.rst", category="Tables",
                         labels={"table": f"{name}.csv"})
            for name in TABLES},
+        # optimizers ranked by time to target (pinn_ng.pipeline.scoring)
+        leaderboard=report(f"{RES}/leaderboard.md", caption="report/leaderboard.rst",
+                           category="Tables", labels={"table": "leaderboard.md"}),
     shell:
         "pinn-ng gather --runs-dir {RES}/runs --manifest {input.manifest} --out-dir {RES}"
 

@@ -195,6 +195,7 @@ def test_overlay_figure_from_a_synthetic_table(tmp_path):
     res, paper = _results(tmp_path / "res"), _paper_dir(tmp_path / "paper")
     tables = figures.load(res)
     assert figures.available(tables, paper) == ["convergence_poisson5d",
+                                                "performance_profile", "solution_poisson5d",
                                                 "paper_overlay_poisson5d"]
     plt, sns = figures._setup()
     palette = figures._palette(tables)
@@ -222,4 +223,5 @@ def test_overlay_needs_the_histories_only_where_given(tmp_path, monkeypatch):
     with pytest.raises(paper_curves.PaperDataError):
         figures.available(tables, tmp_path / "nowhere")
     monkeypatch.setattr(paper_curves, "DEFAULT_DIR", tmp_path / "nowhere")
-    assert figures.available(tables) == ["convergence_poisson5d"]
+    assert figures.available(tables) == ["convergence_poisson5d", "performance_profile",
+                                         "solution_poisson5d"]

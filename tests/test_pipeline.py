@@ -77,7 +77,8 @@ def test_schema_names_come_from_the_registries_not_copies():
 def test_one_table_of_figure_families():
     assert families.figure_names({"convergence": {"poisson5d", "heat4d"}, "scaling": {"x"},
                                   "effective_dimension": {"poisson5d"}}) == \
-        ["speedup", "convergence_heat4d", "convergence_poisson5d", "effective_dimension"]
+        ["speedup", "convergence_heat4d", "convergence_poisson5d", "effective_dimension",
+         "performance_profile", "solution_heat4d", "solution_poisson5d"]
     for family, spec in families.FAMILIES.items():
         name = f"{family}_poisson5d" if spec.per_problem else family
         assert families.parse_figure(name) == (family, "poisson5d" if spec.per_problem else None)

@@ -31,6 +31,10 @@ FAMILIES = {
     "nystrom": Family("nystrom", per_problem=True),
     "effective_dimension": Family("effective_dimension", per_problem=False),
     "paper_overlay": Family("convergence", per_problem=True, planned=False),
+    # scoring (pinn_ng.pipeline.scoring): time to target over problems x targets, and the
+    # trained solution of each optimizer's median run
+    "performance_profile": Family("convergence", per_problem=False),
+    "solution": Family("convergence", per_problem=True),
 }
 
 #: The experiment kinds, in the order of their families (a kind may feed several).

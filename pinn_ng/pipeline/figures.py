@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import families, paper_curves, records
+from . import families, paper_curves, params_io, records, scoring
 
 
 def _setup():
@@ -441,6 +441,201 @@ def fig_paper_overlay(tables, plt, sns, palette, problem, paper_dir=None):
     return fig
 
 
+def fig_performance_profile(tables, plt, sns, palette, tau_max=scoring.TAU_MAX):
+    summ, what = scoring.scored_runs(tables["summary"], tables["experiments"])
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 3.9), sharey=True)
+    board = scoring.leaderboard(summ, tau_max=tau_max) if not summ.empty else None
+    for ax, by in zip(axes, ("seconds", "steps")):
+        r = scoring.ratios(scoring.pair_times(summ, by)) if not summ.empty else pd.DataFrame()
+        ax.set(xscale="log", xlim=(1, tau_max), ylim=(-0.02, 1.02),
+               xlabel=f"τ (within τ × the best optimizer's {by} to the target)",
+               ylabel="fraction of (problem, target) pairs reached")
+        if r.empty:
+            ax.text(0.5, 0.5, "no targets to score\n(no convergence runs, or no target "
+                    "of their problems)", ha="center", va="center", transform=ax.transAxes)
+            continue
+        area = scoring.profile_area(r, tau_max)
+        labels = list(board.label)  # best first, as in leaderboard.md
+        display = dict(zip(board.label, board.display))
+        for lab in labels:
+            x = np.sort(r[lab].to_numpy(float))
+            x = x[x <= tau_max]
+            xs = np.concatenate([[1.0], np.maximum(x, 1.0), [tau_max]])
+            ys = scoring.profile(r[[lab]], xs)[lab].to_numpy()
+            ax.step(xs, ys, where="post", color=palette[display[lab]], linewidth=1.5,
+                    label=f"{display[lab]} (area {area[lab]:.2f})")
+        unsolved = int((~np.isfinite(r).any(axis=1)).sum())
+        note = f"{len(r)} pairs" + (f", {unsolved} reached by no optimizer" if unsolved else "")
+        ax.set_title(f"time = {'timed wall-clock seconds' if by == 'seconds' else 'steps'}"
+                     f" ({note})", fontsize=9)
+        ax.legend(title=None, fontsize=7, loc="lower right")
+    axes[1].set_ylabel("")
+    problems = ", ".join(sorted(set(summ.problem))) or "none"
+    fig.suptitle(f"performance profiles (Dolan & Moré) over {what}: {problems}\n"
+                 f"areas over log τ ∈ [0, log {tau_max:g}], normalised (1 = fastest on every "
+                 "pair); time to a target = first evaluation at or below it", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+#: Points per axis of the solution figure's slice.
+SLICE_POINTS = 81
+
+
+def _median_run(runs, results_dir):
+    """Of one label's runs (summary rows), the run with the median final error whose record
+    holds final parameters (the lower median of an even count; the nearest one to it
+    where that record has none); None if no record has them."""
+    err = runs.final_l2.astype(float).fillna(np.inf)
+    order = runs.assign(_e=err).sort_values(["_e", "run_id"], kind="stable")
+    mid = (len(order) - 1) // 2
+    for i in sorted(range(len(order)), key=lambda i: (abs(i - mid), i)):
+        rid = order.run_id.iloc[i]
+        if (Path(results_dir) / "runs" / rid / params_io.FILE).is_file():
+            return rid, i == mid
+    return None, False
+
+
+def _domain_box(problem):
+    """The bounding box of the problem's interior (from samples, rounded to two decimals of
+    its extent): the slice's range, centre and time end."""
+    import jax
+
+    pts = np.asarray(problem.sample_interior_fn(jax.random.PRNGKey(0), 4096, "float32"),
+                     dtype=float)
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    unit = 10.0 ** np.floor(np.log10(np.maximum(hi - lo, 1e-12)))
+    return np.round(lo / unit, 2) * unit, np.round(hi / unit, 2) * unit
+
+
+def _slice(problem, n=SLICE_POINTS):
+    """Grid points ``(n*n, D)`` of the 2d slice, its two axes and their names, and the fixed
+    coordinates as text: the first two coordinates vary (x and t for 1+1d); the others sit
+    at the domain's centre, time at its end."""
+    lo, hi = _domain_box(problem)
+    d = problem.input_dim
+    t = d - 1 if problem.time_dependent else None
+    free = [0, 1] if d >= 2 else [0]
+    names = [("t" if i == t else f"x{i + 1}") for i in range(d)]
+    point = (lo + hi) / 2
+    if t is not None and t not in free:
+        point[t] = hi[t]
+    axes = [np.linspace(lo[i], hi[i], n) for i in free]
+    mesh = np.meshgrid(*axes, indexing="xy")
+    pts = np.tile(point, (mesh[0].size, 1))
+    for i, m in zip(free, mesh):
+        pts[:, i] = m.ravel()
+    fixed = ", ".join(f"{names[i]} = {point[i]:.3g}" for i in range(d) if i not in free)
+    return pts, axes, [names[i] for i in free], fixed
+
+
+def _reference(problem):
+    """``(x, u)`` of a problem's reference file, or None."""
+    path = getattr(problem, "reference_path", None)
+    if not path:
+        return None
+    with np.load(path) as f:
+        return np.asarray(f["x"], float), np.asarray(f["u"], float)
+
+
+def fig_solution(tables, plt, sns, palette, problem, results_dir="results"):
+    import json
+
+    import jax
+    from matplotlib.colors import LogNorm
+
+    from .. import enable_x64, models, problems
+
+    summ, _ = _runs(tables, "convergence", problem)
+    prob = problems.get(problem)
+    pts, axes_1d, names, fixed = _slice(prob)
+    exact = prob.exact_fn
+    ref = _reference(prob) if exact is None else None
+    rows = []
+    for display in [h for h in palette if h in set(summ.display)]:
+        rid, is_median = _median_run(summ[summ.display == display], results_dir)
+        if rid is None:
+            rows.append((display, None, None, "no final parameters in its records"))
+            continue
+        meta = json.loads((Path(results_dir) / "runs" / rid / records.META).read_text())
+        spec = meta["spec"]
+        dtype = "float64" if str(spec.get("dtype", "float64")).lower() in (
+            "float64", "f64", "double") else "float32"
+        if dtype == "float64":
+            enable_x64()
+        init, apply = models.make(spec.get("network") or "mlp", spec["widths"], dtype=dtype)
+        params = params_io.load(Path(results_dir) / "runs" / rid / params_io.FILE,
+                                like=init(jax.random.PRNGKey(0)))
+        f = jax.jit(jax.vmap(lambda x: apply(params, x)))
+        u = np.asarray(f(np.asarray(pts, dtype)), float)
+        at_ref = np.asarray(f(np.asarray(ref[0], dtype)), float) if ref is not None else None
+        final = summ.loc[summ.run_id == rid, "final_l2"].iloc[0]
+        note = f"{'median' if is_median else 'nearest to the median'} run, final L2 {final:.2e}"
+        rows.append((display, u, at_ref, note))
+    star = np.asarray(jax.vmap(exact)(np.asarray(pts)), float) if exact is not None else None
+    ncols = 3
+    fig, axs = plt.subplots(len(rows), ncols, figsize=(11.5, 3.2 * len(rows)), squeeze=False)
+    shape = (len(axes_1d[1]), len(axes_1d[0])) if len(axes_1d) == 2 else None
+    values = [u for _, u, _, _ in rows if u is not None] + ([star] if star is not None else [])
+    vmin = min(float(np.nanmin(v)) for v in values) if values else 0.0
+    vmax = max(float(np.nanmax(v)) for v in values) if values else 1.0
+    errs = [np.abs(u - star) for _, u, _, _ in rows if u is not None and star is not None]
+    errs += [np.abs(a - ref[1]) for _, _, a, _ in rows if a is not None]
+    pos = np.concatenate([e[e > 0] for e in errs]) if errs else np.empty(0)
+    norm = LogNorm(vmin=max(pos.min(), pos.max() * 1e-8), vmax=pos.max()) if pos.size else None
+    extent = [axes_1d[0][0], axes_1d[0][-1], axes_1d[1][0], axes_1d[1][-1]] if shape else None
+
+    def image(ax, v, **kw):
+        im = ax.imshow(v.reshape(shape), origin="lower", extent=extent, aspect="auto", **kw)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        ax.set(xlabel=names[0], ylabel=names[1])
+
+    for (display, u, at_ref, note), row in zip(rows, axs):
+        if u is None:
+            for ax in row:
+                ax.axis("off")
+            row[1].text(0.5, 0.5, f"{display}: {note}", ha="center", va="center",
+                        transform=row[1].transAxes)
+            continue
+        if shape is None:  # one coordinate: curves instead of images
+            x = axes_1d[0]
+            row[0].plot(x, u, color=palette[display])
+            if star is not None:
+                row[1].plot(x, star, color="0.2")
+                row[2].semilogy(x, np.abs(u - star), color=palette[display])
+        else:
+            image(row[0], u, vmin=vmin, vmax=vmax, cmap="viridis")
+            if star is not None:
+                image(row[1], star, vmin=vmin, vmax=vmax, cmap="viridis")
+                image(row[2], np.abs(u - star), norm=norm, cmap="magma")
+        if star is None and ref is not None:  # the reference points, projected
+            sc = row[1].scatter(ref[0][:, 0], ref[0][:, 1], c=ref[1], s=6, cmap="viridis",
+                                vmin=vmin, vmax=vmax)
+            fig.colorbar(sc, ax=row[1], fraction=0.046, pad=0.04)
+            sc = row[2].scatter(ref[0][:, 0], ref[0][:, 1], c=np.abs(at_ref - ref[1]), s=6,
+                                cmap="magma", norm=norm)
+            fig.colorbar(sc, ax=row[2], fraction=0.046, pad=0.04)
+            for ax in row[1:]:
+                ax.set(xlabel=names[0], ylabel=names[1] if len(names) > 1 else "")
+        elif star is None:
+            for ax in row[1:]:
+                ax.axis("off")
+            row[1].text(0.5, 0.5, "no exact solution and no reference:\nno error to show",
+                        ha="center", va="center", transform=row[1].transAxes)
+        row[0].set_title(f"{display}: u_θ\n({note})", fontsize=8)
+        if star is not None:
+            row[1].set_title("u*", fontsize=8)
+            row[2].set_title(f"|u_θ − u*| ({display})", fontsize=8)
+        elif ref is not None:
+            row[1].set_title("reference u at its points (first two coordinates)", fontsize=8)
+            row[2].set_title(f"|u_θ − u_ref| at the reference points ({display})", fontsize=8)
+    where = f"; {fixed}" if fixed else ""
+    fig.suptitle(f"{problem}: the final net of each optimizer's median run (by final L2) on "
+                 f"the slice {' × '.join(names)}{where}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def draw(results_dir, name: str, out, dpi: int = 110, paper_dir=None) -> str:
     """Draw figure ``name`` (``speedup``, ``convergence_<p>``, …) from the tables into ``out``;
     ``paper_dir``: the paper's histories for ``paper_overlay_<p>`` (default: the repository's)."""
@@ -450,6 +645,8 @@ def draw(results_dir, name: str, out, dpi: int = 110, paper_dir=None) -> str:
     family, problem = families.parse_figure(name)
     args = (problem,) if problem is not None else ()
     extra = {"paper_dir": paper_dir} if family == "paper_overlay" else {}
+    if family == "solution":  # the runs' final parameters sit beside the tables
+        extra = {"results_dir": Path(results_dir)}
     fig = _DRAW[family](tables, plt, sns, palette, *args, **extra)
     _save(fig, out, dpi)
     return str(out)

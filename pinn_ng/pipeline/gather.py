@@ -10,6 +10,15 @@
   without replicate and seeds, so problem × label × N × P × budget × hyper-parameters): the
   number of replicates and the median, min and max of the final L2 over them.
 - ``experiments.csv``: which run belongs to which experiment (a run may serve several).
+- ``leaderboard.md``: the optimizers of the convergence experiments ranked by the area under
+  their performance profile, beside their median final errors (:mod:`.scoring`).
+
+``summary.csv`` ends with the scoring columns (:mod:`.scoring`): ``target_metric`` (``l2``,
+or ``loss`` for a problem without an error metric) and, per target t of any problem,
+``seconds_to_<t>`` and ``steps_to_<t>`` (t written as ``1e-03``, ``5.9e-03``): the timed
+seconds and the steps at the run's first evaluation at or below t, ``inf`` if none is, empty
+where t is not a target of the run's problem.  Targets: the manifest's ``targets`` (the
+preset's), else the paper's published final errors, else decades below the initial error.
 
 Only complete records (``meta.json`` present) are read.  A record whose ``meta.json`` cannot be
 read (not JSON, or missing keys, e.g. a file damaged by hand) is skipped with a warning that
@@ -26,7 +35,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import records
+from . import records, scoring
 from .errors import UserError
 
 #: Columns that identify a run, in front of every table.
@@ -56,6 +65,10 @@ CONFIG_COLUMNS = ["config_id", "problem", "label", "display", "optimizer", "solv
 BY_CONFIG_COLUMNS = CONFIG_COLUMNS + [
     "replicates", "final_l2_median", "final_l2_min", "final_l2_max", "best_l2_median",
     "steps_median", "seconds_per_step_median", "diverged_replicates", "fallback_steps_max"]
+
+
+#: Optimizers ranked by the area under their performance profile (pinn_ng.pipeline.scoring).
+LEADERBOARD = "leaderboard.md"
 
 
 class GatherError(UserError):
@@ -211,6 +224,19 @@ def gather(runs_dir, out_dir, manifest: dict | None = None, strict: bool = False
     summary_df = pd.DataFrame(summary)[SUMMARY_COLUMNS].sort_values(SORT, kind="stable")
     for col in EVENT_COLUMNS + ["fallback_steps"]:  # integers, empty where unknown
         summary_df[col] = summary_df[col].astype("Int64")
+    # time and steps to each target (pinn_ng.pipeline.scoring): columns after the others
+    targets = scoring.resolve_targets(curves_df, (manifest or {}).get("targets"))
+    by_run = dict(list(curves_df.groupby("run_id", sort=False)))
+    none = {"targets": [], "metric": "l2", "source": "no evaluations"}
+    scores = pd.DataFrame([  # a run without evaluations (failed) reaches no target
+        {"run_id": rid, **scoring.run_columns(by_run.get(rid, curves_df.iloc[:0]),
+                                              targets.get(problem, none))}
+        for rid, problem in zip(summary_df.run_id, summary_df.problem)])
+    columns = ["target_metric"] + [col for t in sorted(
+        {t for spec in targets.values() for t in spec["targets"]}, reverse=True)
+        for col in (scoring.seconds_column(t), scoring.steps_column(t))]
+    summary_df = summary_df.merge(scores.reindex(columns=["run_id"] + columns),
+                                  on="run_id", how="left")
     config_df = by_config(summary_df)
     from .config import experiment_kind
 
@@ -226,4 +252,7 @@ def gather(runs_dir, out_dir, manifest: dict | None = None, strict: bool = False
     for key, df in (("curves", curves_df), ("summary", summary_df),
                     ("summary_by_config", config_df), ("experiments", exp_df)):
         records.atomic_write_text(out[key], df.to_csv(index=False, float_format="%.17g"))
+    out["leaderboard"] = out_dir / LEADERBOARD
+    records.atomic_write_text(out["leaderboard"], scoring.leaderboard_markdown(
+        summary_df, exp_df, curves_df, targets))
     return {k: str(v) for k, v in out.items()}

@@ -25,7 +25,7 @@ def default_n_blocks(n: int) -> int:
 
 
 def kernel_lower_from_jacobian(jac, n_blocks: int | None = None, mirror: bool = True,
-                               below=None):
+                               below=None, backend: str | None = None):
     """K = J Jᵀ from the lower block triangle of row-block products.
 
     ``jac`` is J (N, P), or a sequence of its column blocks (each (N, P_l), e.g. one per
@@ -37,11 +37,24 @@ def kernel_lower_from_jacobian(jac, n_blocks: int | None = None, mirror: bool = 
     triangle of [[K, Bᵀ], [B, C]] (B (M, N), C (M, M) with its lower triangle valid), upper
     blocks zero, assembled in one pass rather than K first and then a copy of it into the
     bigger matrix (one N² copy less).
+
+    ``backend`` (``"xla"``, ``"blas"``, ``"auto"``; default ``$PINN_NG_BLAS``, else auto): who
+    computes the products, see :mod:`pinn_ng.blas`.  The BLAS computes K's whole lower
+    triangle in one ``?syrk`` per column block (``n_blocks`` is then unused).
     """
+    from . import blas
+
     parts = [jac] if hasattr(jac, "shape") else list(jac)
     n, dtype = parts[0].shape[0], parts[0].dtype
     if below is not None and mirror:
         raise ValueError("below= needs mirror=False (only the lower triangle is assembled)")
+    if dtype in (jnp.float32, jnp.float64) and blas.kernel_backend(backend) == "blas":
+        k = blas.kernel_lower(parts, backend="blas")
+        if mirror:
+            return k + jnp.tril(k, -1).T
+        if below is None:
+            return k
+        return jnp.block([[k, jnp.zeros((n, below[1].shape[0]), dtype)], list(below)])
     bounds = _bounds(n, n_blocks or default_n_blocks(n))
     blocks = {}
     for a, (a0, a1) in enumerate(bounds):

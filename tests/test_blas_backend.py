@@ -1,0 +1,152 @@
+"""The GEMM backend for K = J Jᵀ (pinn_ng.blas): XLA's dot and the BLAS agree with a dense
+float64 reference, inside and outside jit; the env override, the calibration and its cache."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pinn_ng import blas, gram, optim, problems
+from pinn_ng import models
+from pinn_ng.residuals import ResidualFn
+
+BACKENDS = ("xla", "blas")
+EPS64 = float(np.finfo(np.float64).eps)
+
+
+def column_blocks(seed, n=53, widths=(7, 19, 4)):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((n, p)) for p in widths]
+
+
+def dense_k(parts):
+    return sum(p @ p.T for p in parts)
+
+
+def rel(a, b):
+    return float(np.max(np.abs(np.asarray(a) - b)) / np.max(np.abs(b)))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_kernel_lower_matches_dense_float64(backend, seed):
+    parts = column_blocks(seed)
+    ref = dense_k(parts)
+    low = np.tril(np.ones(ref.shape, bool))
+    fn = jax.jit(lambda ps: blas.kernel_lower(ps, backend=backend))
+    for k in (fn([jnp.asarray(p) for p in parts]),  # jitted
+              blas.kernel_lower([jnp.asarray(p) for p in parts], backend=backend)):  # eager
+        k = np.asarray(k)
+        assert k.dtype == np.float64 and k.shape == ref.shape
+        # a sum of (N x P_l) products: rounding of a few eps relative to max |K|
+        assert rel(np.where(low, k, 0.0), np.where(low, ref, 0.0)) <= 1e-12
+        if backend == "blas":
+            assert not np.any(np.triu(k, 1))  # the strictly upper part is zero
+
+
+def test_kernel_lower_float32_both_backends():
+    parts = column_blocks(2)
+    ref = np.tril(dense_k(parts))
+    for backend in BACKENDS:
+        k = jax.jit(lambda ps, b=backend: blas.kernel_lower(ps, backend=b))(
+            [jnp.asarray(p, jnp.float32) for p in parts])
+        assert k.dtype == jnp.float32
+        assert rel(np.tril(np.asarray(k, np.float64)), ref) <= 50 * np.finfo(np.float32).eps
+
+
+@pytest.mark.parametrize("mirror,below", [(True, False), (False, False), (False, True)])
+def test_gram_assembly_same_on_both_backends(mirror, below):
+    parts = [jnp.asarray(p) for p in column_blocks(3, n=41)]
+    extra = None
+    if below:
+        rng = np.random.default_rng(4)
+        extra = (jnp.asarray(rng.standard_normal((6, 41))),
+                 jnp.asarray(np.tril(rng.standard_normal((6, 6)))))
+    out = {b: np.asarray(jax.jit(lambda ps, b=b: gram.kernel_lower_from_jacobian(
+        ps, 3, mirror=mirror, below=extra, backend=b))(parts)) for b in BACKENDS}
+    assert out["xla"].shape == out["blas"].shape
+    low = np.tril(np.ones(out["xla"].shape, bool))
+    valid = np.ones_like(low) if mirror else low  # mirror=False: only the lower part is defined
+    ref = np.where(valid, out["xla"], 0.0)
+    assert rel(np.where(valid, out["blas"], 0.0), ref) <= 1e-12
+    if mirror:
+        np.testing.assert_array_equal(out["blas"], out["blas"].T)
+
+
+def test_blas_reads_xla_buffers_without_copy(monkeypatch):
+    # the FFI handler's view of J is XLA's own buffer (a jit argument is passed through)
+    seen = []
+    real = blas._syrk_lower_into
+
+    def spy(out, parts):
+        seen.extend(p.ctypes.data for p in parts)
+        return real(out, parts)
+
+    monkeypatch.setattr(blas, "_syrk_lower_into", spy)
+    jac = jnp.asarray(column_blocks(5, widths=(9,))[0])
+    jax.jit(lambda j: blas.kernel_lower(j, backend="blas"))(jac).block_until_ready()
+    assert seen == [jac.unsafe_buffer_pointer()]
+
+
+@pytest.mark.slow  # two compilations of an ENGD-W update: 20-45 s on 2 busy cores
+def test_engd_woodbury_step_same_on_both_backends(monkeypatch):
+    problem = problems.get("poisson2d")
+    init, apply = models.mlp((2, 6, 5, 1))
+    rfn = ResidualFn(problem, apply)
+    params = init(jax.random.PRNGKey(0))
+    batch = problem.sample(jax.random.PRNGKey(1), 40, 20)
+    updates, calls = {}, []
+    real = blas._syrk_lower_into
+    monkeypatch.setattr(blas, "_syrk_lower_into", lambda out, ps: calls.append(1) or real(out, ps))
+    for backend in BACKENDS:  # chosen when the update is traced
+        monkeypatch.setenv(blas.ENV, backend)
+        opt = optim.engd_woodbury(rfn, 1e-3, learning_rate=1.0)
+        u, _ = jax.jit(opt.update)(None, opt.init(params), params, batch=batch)
+        updates[backend] = np.concatenate([np.ravel(x) for x in jax.tree.leaves(u)])
+        assert bool(calls) == (backend == "blas")  # the step's K went through the BLAS
+    # the damped solve amplifies K's rounding by at most cond(K + λI)
+    assert np.linalg.norm(updates["blas"] - updates["xla"]) <= 1e-8 * np.linalg.norm(
+        updates["xla"])
+
+
+def test_env_override_and_bad_values(monkeypatch):
+    for name in BACKENDS:
+        monkeypatch.setenv(blas.ENV, name)
+        assert blas.requested_backend() == name == blas.kernel_backend()
+    assert blas.kernel_backend("xla") == "xla"  # the argument wins over the environment
+    monkeypatch.setenv(blas.ENV, "mkl")
+    with pytest.raises(ValueError, match="PINN_NG_BLAS='mkl'.*xla, blas, auto") as err:
+        blas.requested_backend()
+    assert "\n" not in str(err.value)
+    monkeypatch.setenv(blas.THREADS_ENV, "0")
+    with pytest.raises(ValueError, match="PINN_NG_BLAS_THREADS"):
+        blas.gemm_threads()
+    monkeypatch.setenv(blas.THREADS_ENV, "3")
+    assert blas.gemm_threads() == 3
+
+
+@pytest.mark.parametrize("times,choice", [({"xla": 1.0, "blas": 0.5}, "blas"),
+                                          ({"xla": 1.0, "blas": 0.97}, "xla"),
+                                          ({"xla": 0.5, "blas": 1.0}, "xla")])
+def test_auto_calibrates_once_and_caches_beside_the_compilation_cache(
+        monkeypatch, tmp_path, times, choice):
+    monkeypatch.setenv(blas.ENV, "auto")
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax"))
+    monkeypatch.setitem(blas._STATE, "calibration", {})
+    calls = []
+    monkeypatch.setattr(blas, "time_backends", lambda: calls.append(1) or dict(times))
+    assert blas.kernel_backend() == choice  # auto picks BLAS only when clearly faster
+    path = tmp_path / "pinn_ng_blas_calibration.json"
+    assert blas.cache_path() == str(path)
+    entry = json.loads(path.read_text())[blas.machine_key()]
+    assert entry["backend"] == choice and entry["xla_s"] == times["xla"]
+    blas._STATE["calibration"].clear()  # a new process: read from the file, not re-timed
+    assert blas.kernel_backend() == choice and calls == [1]
+    assert blas.calibration(refresh=True)["backend"] == choice and calls == [1, 1]
+
+
+def test_time_backends_runs_both_on_a_small_k():
+    t = blas.time_backends(shape=(64, 96), rounds=1)
+    assert set(t) == set(BACKENDS) and all(v > 0 for v in t.values())

@@ -47,6 +47,7 @@ RUNS = PLAN.runs
 DPI = PLAN.config.get("figure_dpi", 110)
 GPUS = int(PLAN.config.get("gpus_per_run", 0) or 0)
 DEVICE = PLAN.config.get("device", "any")
+ON_CONTENTION = PLAN.config.get("on_contention", "mark")
 # every job's JAX (runs, trials, the Nyström table) shares one persistent compilation cache
 os.environ.update(PLAN.compilation_cache_env())
 os.environ.update(PLAN.plugins_env())
@@ -171,14 +172,15 @@ rule run:
     log:
         f"{RES}/logs/{{run_id}}.log",
     # One run at a time by default (run_threads: 0 = all cores), so that runs never compete
-    # for cores and seconds per step stay comparable.
+    # for cores and seconds per step stay comparable; given fewer, a timed job is pinned to
+    # cores of its own (PINN_NG_CORES, pinn_ng.pipeline.contention.claim_cores).
     threads: PLAN.run_threads(total_cores())
     resources:
         gpu=GPUS,
         runtime=lambda wc: pcfg.budget_minutes(RUNS[wc.run_id]),
     shell:
-        "pinn-ng run --no-progress --device {DEVICE} --spec {params.spec:q} --out {params.out:q} "
-        "2> {log:q}"
+        "PINN_NG_CORES={threads} pinn-ng run --no-progress --device {DEVICE} "
+        "--on-contention {ON_CONTENTION} --spec {params.spec:q} --out {params.out:q} 2> {log:q}"
 
 
 rule tuned_run:
@@ -199,7 +201,8 @@ rule tuned_run:
         gpu=GPUS,
         runtime=lambda wc: pcfg.budget_minutes(TUNED[wc.tuned_id]["spec"]),
     shell:
-        "pinn-ng tune final --best {input.best:q} --search {params.search:q} "
+        "PINN_NG_CORES={threads} pinn-ng tune final --best {input.best:q} "
+        "--search {params.search:q} --on-contention {ON_CONTENTION} "
         "--spec {params.spec:q} --out {params.out:q} 2> {log:q}"
 
 
@@ -254,7 +257,8 @@ rule tune_trial:
         gpu=GPUS,
         runtime=lambda wc: pcfg.budget_minutes(STUDIES[wc.study].searches[0].base),
     shell:
-        "pinn-ng tune trial --trials {input:q} --trial {wildcards.trial} --out {params.out:q} "
+        "PINN_NG_CORES={threads} pinn-ng tune trial --trials {input:q} "
+        "--trial {wildcards.trial} --on-contention {ON_CONTENTION} --out {params.out:q} "
         "2> {log:q} || pinn-ng tune failed --exit-status $? --trials {input:q} "
         "--trial {wildcards.trial} --out {params.out:q} --log {log:q}"
 

@@ -158,10 +158,17 @@ def _cmd_run(args) -> int:
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     progress = False if args.no_progress else None
     try:
-        meta = runner.run(spec, args.out, progress=progress)
+        meta = runner.run(spec, args.out, progress=progress,
+                          on_contention=getattr(args, "on_contention", "mark"))
     except KeyboardInterrupt:
         print(f"[pinn-ng] interrupted: no record written to {args.out}", file=sys.stderr)
         return 130
+    if meta["status"] == "failed":  # on_contention=fail: the record says so too
+        print(f"pinn-ng run: error: {meta['run_id']}: {meta['reason']} (on_contention=fail; "
+              "recorded as failed)", file=sys.stderr)
+        return 1
+    if meta["contended"] and args.on_contention == "warn":
+        print(f"[pinn-ng] warning: contended: {meta['machine_load']['why']}", file=sys.stderr)
     status = "DIVERGED: " + meta["reason"] if meta["diverged"] else "finished"
     print(f"[pinn-ng] {meta['run_id']}: {status}; {meta['steps']} steps in "
           f"{meta['seconds']:.2f} s, final L2 {meta['final']['l2']:.3e}", file=sys.stderr)
@@ -272,7 +279,8 @@ def _cmd_tune_trial(args) -> int:
     row = tuning.trial(args.trials, args.trial)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
-        meta = runner.run(row["spec"], args.out, progress=False)
+        meta = runner.run(row["spec"], args.out, progress=False,
+                          on_contention=args.on_contention)
     except KeyboardInterrupt:
         print(f"[pinn-ng] interrupted: no record written to {args.out}", file=sys.stderr)
         return 130
@@ -384,6 +392,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
 
 
+ON_CONTENTION_FLAG = dict(
+    choices=["warn", "mark", "fail"], default="mark",
+    help="a run measured under contention (pinn_ng.pipeline.contention): mark = flag it in "
+    "the record, tables and figures (default); warn = also print a warning; fail = record it "
+    "as failed and exit 1")
 PAPER_DIR_HELP = ("the paper authors' logged histories (runs.csv and one CSV per run; "
                   "default: the repository's results/reference/paper)")
 
@@ -428,6 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", choices=["any", "cpu", "gpu"], default="any",
                     help="refuse to start unless JAX sees this device (default: any)")
     sp.add_argument("--out", required=True, help="run record directory")
+    sp.add_argument("--on-contention", **ON_CONTENTION_FLAG)
     sp.set_defaults(func=_cmd_run)
 
     sp = sub.add_parser("gather", help="run records -> tidy tables")
@@ -496,6 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--trials", required=True, help="trials.csv")
     sp.add_argument("--trial", required=True, help="trial id")
     sp.add_argument("--out", required=True, help="run record directory")
+    sp.add_argument("--on-contention", **ON_CONTENTION_FLAG)
     sp.set_defaults(func=_cmd_tune_trial)
     sp = tsub.add_parser("failed", help="record a trial whose process died as failed")
     sp.add_argument("--exit-status", type=int, required=True)
@@ -519,6 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--search", required=True, help="PROBLEM:LABEL:N of the search")
     sp.add_argument("--spec", required=True, help="the run spec without tuned values (JSON)")
     sp.add_argument("--out", required=True)
+    sp.add_argument("--on-contention", **ON_CONTENTION_FLAG)
     sp.set_defaults(func=_cmd_tune_final)
     sp = tsub.add_parser("figure", help="sensitivity / best-so-far figure of a study")
     sp.add_argument("--best", required=True)
@@ -554,6 +570,10 @@ def main(argv=None) -> int:
         from .pipeline.hugepages import reexec_with_huge_pages
 
         reexec_with_huge_pages([sys.executable, "-m", "pinn_ng.cli", *sys.argv[1:]])
+    if trains:  # a pipeline job given k cores gets k of its own (contention.claim_cores)
+        from .pipeline.contention import claim_cores_from_env
+
+        claim_cores_from_env()
     try:
         from .blas import limit_blas_threads
 

@@ -145,6 +145,20 @@ def _step_seconds(summ):
     return summ.assign(seconds_per_step=sps)
 
 
+def _contended(summ) -> "pd.Series":
+    """Per run: measured under contention (``summary.csv``'s ``contended``; empty: no)."""
+    if "contended" not in summ:
+        return pd.Series(False, index=summ.index)
+    return summ.contended.map(lambda v: str(v).strip().lower() in ("true", "1", "1.0"))
+
+
+def _mark_contended(ax, points, x, y):
+    """Runs measured under contention as black crosses over the median line, in the legend."""
+    if len(points):
+        ax.scatter(points[x], points[y], marker="x", color="black", s=28, zorder=5,
+                   label="contended run (load)")
+
+
 def fig_speedup(tables, plt, sns, palette):
     summ, _ = _runs(tables, "scaling")
     summ = _step_seconds(summ[summ.steps > 0])
@@ -163,6 +177,7 @@ def fig_speedup(tables, plt, sns, palette):
                 .seconds_per_step.median())
         ax = axes[i, 0]
         _line(ax, sns, by_n, "N", "seconds_per_step", palette, units=None)
+        _mark_contended(ax, s[(s.P == p0) & _contended(s)], "N", "seconds_per_step")
         ax.set(xscale="log", yscale="log", xlabel="batch size N", ylabel="seconds per step",
                title=f"{prob}, P = {p0:,}")
         _n_ticks(ax, sorted(set(by_n.N)))
@@ -195,6 +210,7 @@ def fig_speedup(tables, plt, sns, palette):
                     .seconds_per_step.median())
             if by_p.P.nunique() > 1:
                 _line(ax, sns, by_p, "P", "seconds_per_step", palette, units=None)
+                _mark_contended(ax, s[(s.N == n0) & _contended(s)], "P", "seconds_per_step")
                 ax.legend(title=None, fontsize=7)
             ax.set(xscale="log", yscale="log", xlabel="parameters P",
                    ylabel="seconds per step", title=f"{prob}, N = {n0:,}")
@@ -265,6 +281,7 @@ def fig_convergence(tables, plt, sns, palette, problem):
     data = curves[np.isfinite(curves.l2) & (curves.l2 > 0)]
     order = [h for h in palette if h in set(data["display"])]
     n_reps = summ.groupby("display").run_id.nunique()
+    contended = set(summ.run_id[_contended(summ)])
     for ax, x, xlabel in ((axes[0], "time", "wall-clock time [s] (compilation and evaluation "
                                              "excluded)"), (axes[1], "step", "steps")):
         for display in order:
@@ -274,13 +291,21 @@ def fig_convergence(tables, plt, sns, palette, problem):
             if len(runs) == 1:  # one replicate: its evaluations, as they are
                 r = runs[0].sort_values(x)
                 ax.plot(r[x], r.l2, color=color, marker="o", markersize=3, linewidth=1.2,
-                        label=display)
+                        label=display, linestyle="--" if r.run_id.iloc[0] in contended
+                        else "-")
                 continue
             grid, med, lo, hi = replicate_band(runs, x)
             ax.fill_between(grid, lo, hi, color=color, alpha=0.2, linewidth=0)
             # the title says how many seeds when every optimizer has the same number
             ax.plot(grid, med, color=color, linewidth=1.4, label=display if n_reps.nunique()
                     == 1 else f"{display} (median, min–max of {n_reps[display]})")
+            for r in runs:  # a contended replicate also on its own, dashed
+                if r.run_id.iloc[0] in contended:
+                    r = r.sort_values(x)
+                    ax.plot(r[x], r.l2, color=color, linestyle="--", linewidth=0.9)
+        if contended:
+            ax.plot([], [], color="0.3", linestyle="--",
+                    label=f"dashed: measured under contention ({len(contended)} runs)")
         _published_reference(ax, problem)
         ax.set(yscale="log", xlabel=xlabel, ylabel="L2 error (RMS)")
         if x == "step":  # first-order methods take 100× more steps: symmetric log axis

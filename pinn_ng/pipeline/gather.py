@@ -55,7 +55,7 @@ FALLBACK_EVENTS = ["jitter_steps", "cholesky_fallback_steps", "shift_grown_steps
 SUMMARY_COLUMNS = ID_COLUMNS + [
     "final_l2", "best_l2", "final_rel_l2", "steps", "seconds", "seconds_per_step",
     "median_seconds_per_step", "compile_seconds", "diverged", "reason", "stopped_by",
-    *EVENT_COLUMNS, "fallback_steps", *FIRST_EVENT_COLUMNS, "config_id", "hparams"]
+    "contended", *EVENT_COLUMNS, "fallback_steps", *FIRST_EVENT_COLUMNS, "config_id", "hparams"]
 SORT = ["problem", "label", "N", "P", "replicate", "run_id"]
 #: Spec keys that differ between replicates of one configuration.
 REPLICATE_KEYS = ("replicate", "data_seed", "model_seed")
@@ -210,6 +210,8 @@ def gather(runs_dir, out_dir, manifest: dict | None = None, strict: bool = False
             "median_seconds_per_step": meta.get("median_seconds_per_step"),
             "compile_seconds": meta["compile_seconds"], "diverged": meta["diverged"],
             "reason": meta["reason"] or "", "stopped_by": meta["stopped_by"],
+            # measured under contention (pinn_ng.pipeline.contention); empty: an older record
+            "contended": meta.get("contended"),
             **_events(meta), "config_id": config_id(meta["spec"]),
             "hparams": json.dumps(meta["spec"].get("hparams") or {}, sort_keys=True),
         })

@@ -220,3 +220,24 @@ def test_scores_and_solution_figure_from_a_real_run(tmp_path):
     for name in ("solution", "profile"):
         assert (tmp_path / f"{name}.png").stat().st_size > 5_000
     assert json.loads((tmp_path / "runs" / rid / "meta.json").read_text())["steps"] == 4
+
+
+def test_solution_slice_through_the_domain():
+    """The first two coordinates vary over the domain; the others sit at its centre, time at
+    its end; a 1+1d problem's slice is (x, t)."""
+    from pinn_ng import problems
+    from pinn_ng.pipeline import figures
+
+    pts, axes, names, fixed = figures._slice(problems.get("heat4d"), n=5)
+    assert names == ["x1", "x2"] and fixed == "x3 = 0.5, x4 = 0.5, t = 1"
+    np.testing.assert_array_equal(axes[0], [0, 0.25, 0.5, 0.75, 1])
+    assert pts.shape == (25, 5) and (pts[:, 2:] == [0.5, 0.5, 1.0]).all()
+    assert sorted(set(pts[:, 0])) == sorted(set(pts[:, 1])) == [0, 0.25, 0.5, 0.75, 1]
+    pts, axes, names, fixed = figures._slice(problems.get("logfp9d"), n=3)
+    assert (axes[0] == [-5, 0, 5]).all() and fixed.endswith("x9 = 0, t = 1")
+    one_d = problems.Problem(
+        name="wave1d", description="", input_dim=2, widths=(2, 4, 1), n_interior=4,
+        n_boundary=2, exact_fn=lambda x: x[0], interior_jet_fn=lambda v, g, lap, x: lap,
+        sample_interior_fn=problems.get("poisson2d").sample_interior_fn,
+        sample_boundary_fn=problems.get("poisson2d").sample_boundary_fn, time_dependent=True)
+    assert figures._slice(one_d, n=3)[2:] == (["x1", "t"], "")

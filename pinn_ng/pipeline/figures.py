@@ -522,15 +522,15 @@ def _median_run(runs, results_dir):
 
 
 def _domain_box(problem):
-    """The bounding box of the problem's interior (from samples, rounded to two decimals of
-    its extent): the slice's range, centre and time end."""
+    """The bounding box of the problem's interior (from samples, rounded to a tenth of the
+    extent's power of ten: [0, 1], [-5, 5]): the slice's range, centre and time end."""
     import jax
 
     pts = np.asarray(problem.sample_interior_fn(jax.random.PRNGKey(0), 4096, "float32"),
                      dtype=float)
     lo, hi = pts.min(axis=0), pts.max(axis=0)
     unit = 10.0 ** np.floor(np.log10(np.maximum(hi - lo, 1e-12)))
-    return np.round(lo / unit, 2) * unit, np.round(hi / unit, 2) * unit
+    return np.round(lo / unit, 1) * unit, np.round(hi / unit, 1) * unit
 
 
 def _slice(problem, n=SLICE_POINTS):
@@ -602,6 +602,7 @@ def fig_solution(tables, plt, sns, palette, problem, results_dir="results"):
     fig, axs = plt.subplots(len(rows), ncols, figsize=(11.5, 3.2 * len(rows)), squeeze=False)
     shape = (len(axes_1d[1]), len(axes_1d[0])) if len(axes_1d) == 2 else None
     values = [u for _, u, _, _ in rows if u is not None] + ([star] if star is not None else [])
+    values += [ref[1]] if ref is not None else []
     vmin = min(float(np.nanmin(v)) for v in values) if values else 0.0
     vmax = max(float(np.nanmax(v)) for v in values) if values else 1.0
     errs = [np.abs(u - star) for _, u, _, _ in rows if u is not None and star is not None]

@@ -261,7 +261,7 @@ def write_failed_record(spec: dict, out_dir, reason: str) -> dict:
         spec = complete_spec(spec)
     except UserError:
         spec = dict(spec)
-    from .config import n_params
+    from ..models import n_params
 
     widths = spec.get("widths")
     n_i, n_b = spec.get("n_interior"), spec.get("n_boundary")

@@ -18,6 +18,11 @@ and the gradients of the per-point residuals with respect to each layer's output
 ∂r_n/∂W_l = Σ_s H_l[n, s]ᵀ G_l[n, s] and ∂r_n/∂b_l = G_l[n, 0].  KFAC for PINNs builds its
 Kronecker factors from the same channels (sums of H Hᵀ and G Gᵀ).
 
+``weights`` (a_1..a_D) turns the Laplacian channel into Σ_j a_j ∂_jj h, a diagonal
+second-order operator (wave, anisotropic diffusion): the closed form is linear in the 0/1 mask
+of ``lap_dims``, which the coefficients replace.  A residual may return several values per
+point (shape (N, k), e.g. u and u_t at t = 0): each becomes its own row of J.
+
 folx (:mod:`pinn_ng.operators`) stays the general path for any other ``apply``, and the
 reference of the tests.
 """
@@ -45,6 +50,18 @@ def tanh_mlp_widths(apply) -> tuple | None:
     return getattr(apply, "tanh_mlp_widths", None)
 
 
+def _diagonal(lap_dims, weights, d: int, dtype):
+    """The coefficient of each ∂_jj in the Laplacian channel: ``weights``, else the 0/1 mask
+    of ``lap_dims``."""
+    if weights is not None:
+        a = jnp.asarray(weights, dtype)
+        if a.shape != (d,):
+            raise ValueError(f"weights must have one entry per input coordinate ({d}), got "
+                             f"shape {a.shape}")
+        return a
+    return jnp.zeros((d,), dtype).at[jnp.asarray(list(lap_dims), dtype=jnp.int32)].set(1.0)
+
+
 def _input_channels(x, with_derivatives: bool):
     """Channels of the input layer: (N, S, D) with S = D + 2 (value, ∂_1..∂_D, Δ) or S = 1."""
     n, d = x.shape
@@ -55,12 +72,13 @@ def _input_channels(x, with_derivatives: bool):
     return jnp.concatenate([x[:, None, :], eye, zero], axis=1)
 
 
-def forward(params, x, lap_dims: Sequence[int] | None, perturb=None):
+def forward(params, x, lap_dims: Sequence[int] | None, perturb=None, weights=None):
     """Propagate channels through the MLP ``params`` at points ``x`` (N, D).
 
     ``lap_dims=None``: the value channel only (S = 1, e.g. boundary points).  Otherwise S = D + 2
-    channels, the Laplacian over ``lap_dims``.  ``perturb`` (optional): one array per layer,
-    shaped like that layer's output channels, added to them (its cotangent is G_l).
+    channels, the Laplacian over ``lap_dims`` (Σ_j a_j ∂_jj with ``weights``).  ``perturb``
+    (optional): one array per layer, shaped like that layer's output channels, added to them
+    (its cotangent is G_l).
 
     Returns ``(out, inputs)``: ``out`` the output channels (N, S) and ``inputs`` the channels
     entering each layer, (N, S, fan_in).
@@ -68,8 +86,7 @@ def forward(params, x, lap_dims: Sequence[int] | None, perturb=None):
     with_derivatives = lap_dims is not None
     h = _input_channels(x, with_derivatives)
     if with_derivatives:
-        d = x.shape[1]
-        mask = jnp.zeros((d,), x.dtype).at[jnp.asarray(list(lap_dims), dtype=jnp.int32)].set(1.0)
+        mask = _diagonal(lap_dims, weights, x.shape[1], x.dtype)
     inputs = []
     last = len(params) - 1
     for layer, (w, b) in enumerate(params):
@@ -92,8 +109,9 @@ def forward(params, x, lap_dims: Sequence[int] | None, perturb=None):
     raise ValueError("params must hold at least one layer")
 
 
-def jet(params, x, lap_dims: Sequence[int]) -> Jet:
-    """(u, ∇u, Δu) of the MLP at the points ``x`` (N, D), the Laplacian over ``lap_dims``.
+def jet(params, x, lap_dims: Sequence[int], weights=None) -> Jet:
+    """(u, ∇u, Δu) of the MLP at the points ``x`` (N, D), the Laplacian over ``lap_dims``
+    (Σ_j a_j ∂_jj u with ``weights``).
 
     The same channels as :func:`forward`, kept as three arrays (value (N, w), first
     derivatives (N, D, w), Laplacian (N, w)) so that no layer concatenates them, and the first
@@ -101,8 +119,7 @@ def jet(params, x, lap_dims: Sequence[int]) -> Jet:
     Laplacian is zero, so ∂_j z = W[j] for every point and Δz = 0.  The residual (and so each
     line-search candidate) runs through this.
     """
-    d = x.shape[1]
-    mask = jnp.zeros((d,), x.dtype).at[jnp.asarray(list(lap_dims), dtype=jnp.int32)].set(1.0)
+    mask = _diagonal(lap_dims, weights, x.shape[1], x.dtype)
     (w, b), rest = params[0], params[1:]
     z = x @ w + b
     if not rest:
@@ -149,31 +166,44 @@ class Linearization(NamedTuple):
                              tuple(g[:, :1] for g in self.grads))
 
 
-def linearize(params, x, lap_dims, residual_of_jet: Callable, scale) -> Linearization:
+def linearize(params, x, lap_dims, residual_of_jet: Callable, scale,
+              weights=None) -> Linearization:
     """Residuals r_n = scale · residual_of_jet(jet_n, x_n) and their channels, in one forward
     and one reverse pass of the batch.
 
     ``lap_dims=None`` builds only the value channel and calls ``residual_of_jet(value, x)``
-    (a boundary residual).
+    (a boundary residual).  ``weights``: see :func:`forward`.  A residual of shape (N, k)
+    gives N·k rows, point n's k residuals together (rows n·k … n·k + k − 1), at k reverse
+    passes; ``scale`` is then a number or one per point.
     """
     with_derivatives = lap_dims is not None
     n = x.shape[0]
 
     def residuals(perturb):
-        out, inputs = forward(params, x, lap_dims, perturb)
+        out, inputs = forward(params, x, lap_dims, perturb, weights)
         if with_derivatives:
             r = residual_of_jet(Jet(out[:, 0], out[:, 1:-1], out[:, -1]), x)
         else:
             r = residual_of_jet(out[:, 0], x)
-        return r * scale, inputs
+        factor = jnp.asarray(scale, x.dtype)
+        return r * (factor[:, None] if r.ndim == 2 and factor.ndim == 1 else factor), inputs
 
     s = x.shape[1] + 2 if with_derivatives else 1
     zeros = [jnp.zeros((n, s, w.shape[1]), x.dtype) for w, _ in params]
     r, pullback, inputs = jax.vjp(residuals, zeros, has_aux=True)
-    (grads,) = pullback(jnp.ones_like(r))  # r_n depends on point n only: G_l[n] = ∂r_n/∂Z_l[n]
     bias = jnp.zeros((n, s, 1), x.dtype).at[:, 0, 0].set(1.0)
     inputs = tuple(jnp.concatenate([h, bias], axis=2) for h in inputs)
-    return Linearization(r, inputs, tuple(grads))
+    if r.ndim == 1:
+        # r_n depends on point n only: G_l[n] = ∂r_n/∂Z_l[n]
+        (grads,) = pullback(jnp.ones_like(r))
+        return Linearization(r, inputs, tuple(grads))
+    k = r.shape[1]
+    # one reverse pass per residual j of a point: cotangent 1 on column j of every point
+    (grads,) = jax.vmap(pullback)(jnp.broadcast_to(jnp.eye(k, dtype=r.dtype)[:, None, :],
+                                                   (k, n, k)))
+    grads = tuple(jnp.swapaxes(g, 0, 1).reshape(n * k, *g.shape[2:]) for g in grads)
+    inputs = tuple(jnp.repeat(h, k, axis=0) for h in inputs)
+    return Linearization(r.reshape(n * k), inputs, grads)
 
 
 def layer_jacobian(h, g):
@@ -304,12 +334,12 @@ def transpose_product(lin: Linearization, u):
         for h, g in zip(lin.inputs, lin.grads)])
 
 
-def residual_and_jacobian(params, x, lap_dims, residual_of_jet: Callable, scale):
+def residual_and_jacobian(params, x, lap_dims, residual_of_jet: Callable, scale, weights=None):
     """(r, J) for per-point residuals r_n = scale · residual_of_jet(jet_n, x_n).
 
     ``lap_dims=None`` builds only the value channel and calls ``residual_of_jet(value, x)``
     (a boundary residual).  J rows follow ``ravel_pytree(params)`` ([W_1, b_1, W_2, …], each W
-    row-major).
+    row-major); a residual of shape (N, k) gives N·k rows (see :func:`linearize`).
     """
-    lin = linearize(params, x, lap_dims, residual_of_jet, scale)
+    lin = linearize(params, x, lap_dims, residual_of_jet, scale, weights)
     return lin.r, jacobian(lin)

@@ -3,19 +3,25 @@
 Every problem is a :class:`Problem`: domain, exact solution ``u*``, interior operator and
 source, boundary / initial samplers, the paper's network widths and batch sizes, and a fixed
 evaluation set.  Inputs of time-dependent problems are laid out as ``(x_1, ..., x_d, t)``, so
-``input_dim = d + 1``.  All boundary and initial conditions are Dirichlet data taken from the
-exact solution, ``u = u*`` there.  Facts (PDEs, solutions, nets, batch sizes) come from the
-paper (Guzmán-Cordero, Dangel, Goldshlager & Zeinhofer, NeurIPS 2025) and the authors' logs;
-each factory says which.
+``input_dim = d + 1``.  The paper's boundary and initial conditions are Dirichlet data taken from
+the exact solution, ``u = u*`` there; a problem of one's own may instead give an operator
+Σᵢ aᵢ ∂ᵢᵢu with coefficients per coordinate (:attr:`Problem.operator_diag`), boundary residuals
+of u and ∇u, several per point (:attr:`Problem.boundary_jet_fn`), and reference values from a
+``.npz`` file instead of an exact solution (:attr:`Problem.reference_path`).  Facts (PDEs,
+solutions, nets, batch sizes) come from the paper (Guzmán-Cordero, Dangel, Goldshlager &
+Zeinhofer, NeurIPS 2025) and the authors' logs; each factory says which.
 """
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import metrics
 from .models import n_params
@@ -62,12 +68,55 @@ def _cube_boundary(key, n, d, dtype):
     return jnp.where(onehot, side[:, None], x)
 
 
+def uniform_sampler(lo: Sequence[float], hi: Sequence[float]) -> Callable:
+    """A sampler ``(key, n, dtype) -> (n, D)`` of points uniform in the box [lo, hi]."""
+    lo, hi = [float(v) for v in lo], [float(v) for v in hi]
+    return lambda key, n, dtype: _uniform(key, n, lo, hi, dtype)
+
+
+def box_boundary_sampler(lo: Sequence[float], hi: Sequence[float]) -> Callable:
+    """A sampler ``(key, n, dtype) -> (n, D)`` of points on the boundary of the box [lo, hi]:
+    a uniform point with one random coordinate set to its lower or upper bound."""
+    lo_, hi_ = [float(v) for v in lo], [float(v) for v in hi]
+
+    def sample(key, n, dtype):
+        unit = _cube_boundary(key, n, len(lo_), dtype)
+        return jnp.asarray(lo_, dtype) + unit * (jnp.asarray(hi_, dtype) - jnp.asarray(lo_, dtype))
+
+    return sample
+
+
+def load_reference(path) -> tuple[np.ndarray, np.ndarray]:
+    """(x (M, D), u (M,)) from a ``.npz`` file with keys ``x`` and ``u``; a missing file, key
+    or a shape mismatch raises ``ValueError`` naming the file."""
+    path = os.fspath(path)
+    try:
+        with np.load(path) as data:
+            missing = [k for k in ("x", "u") if k not in data.files]
+            if missing:
+                raise ValueError(f"reference {path}: no key {missing[0]!r} (it has "
+                                 f"{sorted(data.files)}; give x (M, D) and u (M,))")
+            x, u = np.asarray(data["x"]), np.asarray(data["u"])
+    except OSError as err:
+        raise ValueError(f"reference {path}: cannot read it ({err.strerror or err})") from None
+    if x.ndim != 2 or u.shape != (x.shape[0],) or x.shape[0] == 0:
+        raise ValueError(f"reference {path}: x must be (M, D) and u (M,) with M > 0, got "
+                         f"{x.shape} and {u.shape}")
+    return x, u
+
+
 # ---------------------------------------------------------------------------------- Problem
 
 
 @dataclass(frozen=True)
 class Problem:
-    """A PINN benchmark problem.  Build via :func:`get`; see the module docstring for layout."""
+    """A PINN benchmark problem.  Build via :func:`get`; see the module docstring for layout.
+
+    Required: ``name``, ``description``, ``input_dim``, ``widths``, ``n_interior``,
+    ``n_boundary``, ``interior_jet_fn`` and both samplers; ``exact_fn`` unless the boundary
+    residual comes from ``boundary_jet_fn`` (then without ``exact_fn`` or ``reference_path``
+    the problem has no error metric and runs are scored by their loss).
+    """
 
     name: str
     description: str
@@ -75,14 +124,16 @@ class Problem:
     widths: tuple
     n_interior: int  # the paper's N_Ω
     n_boundary: int  # the paper's N_∂Ω (boundary and/or initial points)
-    exact_fn: Callable = field(repr=False)
+    #: u*(x) at one point: the error metric and, without ``boundary_jet_fn``, the Dirichlet data
+    exact_fn: Callable | None = field(default=None, repr=False)
     #: interior residual (L u)(x) − f(x) at one point ``x`` from the derivatives of u there:
     #: ``interior_jet_fn(value, grad, laplacian, x)`` with ``grad`` over every input coordinate
-    #: (time last) and the Laplacian over the spatial ones.  Both the general (folx) path and
-    #: the structured MLP path (:mod:`pinn_ng.channels`) evaluate the PDE through it.
-    interior_jet_fn: Callable = field(repr=False)
-    sample_interior_fn: Callable = field(repr=False)
-    sample_boundary_fn: Callable = field(repr=False)
+    #: (time last) and the Laplacian over the spatial ones (Σᵢ aᵢ ∂ᵢᵢu over every coordinate
+    #: with :attr:`operator_diag`).  Both the general (folx) path and the structured MLP path
+    #: (:mod:`pinn_ng.channels`) evaluate the PDE through it.
+    interior_jet_fn: Callable = field(default=None, repr=False)
+    sample_interior_fn: Callable = field(default=None, repr=False)
+    sample_boundary_fn: Callable = field(default=None, repr=False)
     time_dependent: bool = False
     #: ``l2`` is the RMS error divided by this (1 for every built-in problem: 10d and 100d
     #: Poisson are trained normalised instead, see :attr:`solution_scale`).
@@ -92,6 +143,59 @@ class Problem:
     #: u* on the domain), as the paper trains Poisson 10d (1.34) and 100d (33.47); 1 elsewhere.
     #: The raw problem's RMS error is ``solution_scale`` × ``rms_l2``.
     solution_scale: float = 1.0
+    #: (a_1, ..., a_D), one coefficient per input coordinate (time included): the
+    #: ``laplacian`` argument of ``interior_jet_fn`` is then Σᵢ aᵢ ∂ᵢᵢu, e.g. (−1, 1) on
+    #: (x, t) for the wave operator u_tt − u_xx.  None: the Laplacian over the spatial ones.
+    operator_diag: tuple | None = None
+    #: boundary / initial residuals from u and ∇u at one boundary point:
+    #: ``boundary_jet_fn(value, grad, x) -> (n_boundary_residuals,)`` (Neumann, Robin, an
+    #: initial velocity; several conditions per point).  None: Dirichlet, u − u*.
+    boundary_jet_fn: Callable | None = field(default=None, repr=False)
+    #: how many residuals ``boundary_jet_fn`` returns per boundary point: r has
+    #: N_Ω + n_boundary_residuals · N_∂Ω rows, each point's boundary rows together
+    n_boundary_residuals: int = 1
+    #: a ``.npz`` file with reference points ``x`` (M, input_dim) and values ``u`` (M,): the
+    #: evaluation set and u* there, for a problem without ``exact_fn``
+    reference_path: str | None = None
+
+    def __post_init__(self):
+        for name in ("interior_jet_fn", "sample_interior_fn", "sample_boundary_fn"):
+            if not callable(getattr(self, name)):
+                raise TypeError(f"problem {self.name!r}: {name} must be a function, got "
+                                f"{type(getattr(self, name)).__name__}")
+        for name in ("exact_fn", "boundary_jet_fn"):
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                raise TypeError(f"problem {self.name!r}: {name} must be a function or None, "
+                                f"got {type(value).__name__}")
+        if self.exact_fn is None and self.boundary_jet_fn is None:
+            raise ValueError(f"problem {self.name!r}: Dirichlet data need exact_fn; without "
+                             "an exact solution give boundary_jet_fn")
+        k = self.n_boundary_residuals
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"problem {self.name!r}: n_boundary_residuals must be a positive "
+                             f"integer, got {k!r}")
+        if k != 1 and self.boundary_jet_fn is None:
+            raise ValueError(f"problem {self.name!r}: n_boundary_residuals={k} needs "
+                             "boundary_jet_fn (the Dirichlet residual is one per point)")
+        if self.operator_diag is not None:
+            try:
+                diag = tuple(float(a) for a in self.operator_diag)
+            except (TypeError, ValueError):
+                diag = ()
+            if len(diag) != self.input_dim or not all(math.isfinite(a) for a in diag):
+                raise ValueError(f"problem {self.name!r}: operator_diag must be {self.input_dim} "
+                                 f"finite numbers (one per input coordinate), got "
+                                 f"{self.operator_diag!r}")
+            object.__setattr__(self, "operator_diag", diag)
+        if self.reference_path is not None:
+            if self.exact_fn is not None:
+                raise ValueError(f"problem {self.name!r}: give exact_fn or reference_path, "
+                                 "not both")
+            x, _ = load_reference(self.reference_path)
+            if x.shape[1] != self.input_dim:
+                raise ValueError(f"reference {self.reference_path}: points of dimension "
+                                 f"{x.shape[1]}, the problem's input_dim is {self.input_dim}")
 
     # -- facts -------------------------------------------------------------------------------
     @property
@@ -102,6 +206,14 @@ class Problem:
     @property
     def spatial_dim(self) -> int:
         return self.input_dim - 1 if self.time_dependent else self.input_dim
+
+    @property
+    def error_metric(self) -> str | None:
+        """How errors are measured: ``"exact"`` (u* on the evaluation set), ``"reference"``
+        (the values of :attr:`reference_path`) or None (no metric: the errors are NaN)."""
+        if self.exact_fn is not None:
+            return "exact"
+        return "reference" if self.reference_path is not None else None
 
     # -- checks ------------------------------------------------------------------------------
     def _check_point(self, x) -> None:
@@ -129,6 +241,9 @@ class Problem:
     def exact(self, x):
         """u*(x) at one point ``x`` of shape ``(input_dim,)``."""
         self._check_point(x)
+        if self.exact_fn is None:
+            raise ValueError(f"{self.name}: no exact solution (error metric: "
+                             f"{self.error_metric})")
         return self.exact_fn(x)
 
     def sample(self, key, n_interior: int | None = None, n_boundary: int | None = None,
@@ -151,20 +266,29 @@ class Problem:
         )
 
     def eval_points(self, dtype=None):
-        """The fixed evaluation set: ``10 * n_interior`` interior points from :data:`EVAL_SEED`."""
+        """The fixed evaluation set: ``10 * n_interior`` interior points from :data:`EVAL_SEED`,
+        or the reference points of :attr:`reference_path`."""
         dtype = resolve_dtype(dtype)
+        if self.reference_path is not None:
+            return jnp.asarray(load_reference(self.reference_path)[0], dtype)
         key = jax.random.PRNGKey(EVAL_SEED)
         return self.sample_interior_fn(key, EVAL_FACTOR * self.n_interior, dtype)
 
     # -- per-point residuals (batching, scaling and J live in pinn_ng.residuals) ---------------
     @property
     def lap_dims(self) -> tuple:
-        """The coordinates the Laplacian sums over (the spatial ones)."""
+        """The coordinates the Laplacian sums over (the spatial ones; with
+        :attr:`operator_diag`, those with a nonzero coefficient)."""
+        if self.operator_diag is not None:
+            return tuple(i for i, a in enumerate(self.operator_diag) if a != 0.0)
         return tuple(range(self.spatial_dim))
 
     def interior_residual(self, u: Callable, x, method: str = "folx"):
         """Unscaled PDE residual (L u)(x) - f(x) at one point, derivatives by ``method``."""
-        if self.time_dependent:
+        if self.operator_diag is not None:
+            value, grad, lap = value_grad_laplacian(u, method=method,
+                                                    weights=self.operator_diag)(x)
+        elif self.time_dependent:
             value, grad_x, lap = value_grad_laplacian(u, dims=self.lap_dims, method=method)(x)
             u_t = partial_derivative(u, self.input_dim - 1)(x)
             grad = jnp.concatenate([grad_x, u_t[None]])
@@ -173,8 +297,22 @@ class Problem:
         return self.interior_jet_fn(value, grad, lap, x)
 
     def boundary_residual(self, u: Callable, x):
-        """Unscaled boundary / initial residual u(x) - u*(x) at one point."""
-        return u(x) - self.exact_fn(x)
+        """Unscaled boundary / initial residual at one point: u(x) − u*(x), or with
+        :attr:`boundary_jet_fn` its ``n_boundary_residuals`` values, shape (k,)."""
+        if self.boundary_jet_fn is None:
+            return u(x) - self.exact_fn(x)
+        value, grad = jax.value_and_grad(u)(x)
+        return self.boundary_of_jet(value, grad, x)
+
+    def boundary_of_jet(self, value, grad, x):
+        """``boundary_jet_fn(value, grad, x)`` as shape ``(n_boundary_residuals,)``; a wrong
+        count raises ``ValueError`` (at trace time)."""
+        out = jnp.asarray(self.boundary_jet_fn(value, grad, x))
+        k = self.n_boundary_residuals
+        if out.size != k:
+            raise ValueError(f"{self.name}: boundary_jet_fn returned shape {out.shape}, "
+                             f"expected n_boundary_residuals={k} values")
+        return out.reshape(k)
 
     # -- metrics -----------------------------------------------------------------------------
     def errors(self, apply: Callable, params, points=None) -> dict:
@@ -182,12 +320,26 @@ class Problem:
 
         ``l2``: the paper's metric, the RMS error (of the problem as trained: 10d and 100d
         Poisson are normalised, see :attr:`solution_scale`) divided by :attr:`error_scale`;
-        ``rms_l2``: the plain RMS error; ``rel_l2``: ‖u_θ − u*‖ / ‖u*‖.
+        ``rms_l2``: the plain RMS error; ``rel_l2``: ‖u_θ − u*‖ / ‖u*‖.  Against the values
+        of :attr:`reference_path` on its points (``points`` must then be None or those
+        points); all NaN for a problem without an error metric.
         """
-        if points is None:
-            dtype = jax.tree_util.tree_leaves(params)[0].dtype
-            points = self.eval_points(dtype)
-        pred, exact = _predict_and_exact(apply, self.exact_fn, params, points)
+        metric = self.error_metric
+        if metric is None:
+            return {"l2": math.nan, "rms_l2": math.nan, "rel_l2": math.nan}
+        dtype = jax.tree_util.tree_leaves(params)[0].dtype
+        if metric == "reference":
+            ref_x, ref_u = load_reference(self.reference_path)
+            if points is not None and getattr(points, "shape", None) != ref_x.shape:
+                raise ValueError(f"{self.name}: no exact solution; errors only on the "
+                                 f"reference points {ref_x.shape}, got {points.shape}")
+            points = jnp.asarray(ref_x, dtype) if points is None else points
+            pred = jax.vmap(lambda x: apply(params, x))(points)
+            exact = jnp.asarray(ref_u, pred.dtype)
+        else:
+            if points is None:
+                points = self.eval_points(dtype)
+            pred, exact = _predict_and_exact(apply, self.exact_fn, params, points)
         rms = metrics.rms_l2(pred, exact)
         return {
             "l2": float(rms) / self.error_scale,

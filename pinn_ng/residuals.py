@@ -45,14 +45,15 @@ def row_scales(n_interior: int, n_boundary: int) -> tuple[float, float]:
 
 
 def scaled_residuals(problem: Problem, u: Callable, batch: Batch, method: str = "folx"):
-    """Residual vector r (N_Ω + N_∂Ω,) of any scalar function ``u(x)`` on ``batch``.
+    """Residual vector r (N_Ω + k·N_∂Ω,) of any scalar function ``u(x)`` on ``batch``.
 
-    Interior rows come first, scaled by 1/√N_Ω; boundary rows follow, scaled by 1/√N_∂Ω.
+    Interior rows come first, scaled by 1/√N_Ω; boundary rows follow, scaled by 1/√N_∂Ω,
+    k = ``problem.n_boundary_residuals`` per point, each point's together.
     """
     problem.check_batch(batch)
     s_i, s_b = row_scales(batch.interior.shape[0], batch.boundary.shape[0])
     r_i = jax.vmap(lambda x: problem.interior_residual(u, x, method))(batch.interior)
-    r_b = jax.vmap(lambda x: problem.boundary_residual(u, x))(batch.boundary)
+    r_b = jax.vmap(lambda x: problem.boundary_residual(u, x))(batch.boundary).reshape(-1)
     return jnp.concatenate([r_i * s_i, r_b * s_b])
 
 
@@ -237,6 +238,14 @@ def _per_point(problem: Problem, apply: Callable, method: str):
         return scaled_residuals(problem, lambda x: apply(params, x), batch, method)
 
     def rows(params, points, kind, scale):
+        if kind == "boundary" and problem.boundary_jet_fn is not None:
+            # k residuals per point: k reverse passes of the point's tiny graph, rows
+            # point-major as in r
+            def value_and_jac(p, x):
+                return jax.jacrev(lambda q: (point[kind](q, x),) * 2, has_aux=True)(p)[::-1]
+
+            r, g = jax.vmap(value_and_jac, (None, 0))(params, points)
+            return r.reshape(-1) * scale, flatten_rows(g, r.size) * scale
         r, g = jax.vmap(jax.value_and_grad(point[kind]), (None, 0))(params, points)
         return r * scale, flatten_rows(g, points.shape[0]) * scale
 
@@ -244,47 +253,89 @@ def _per_point(problem: Problem, apply: Callable, method: str):
 
 
 def _jet_residuals(problem: Problem):
-    """(interior_of_jet, boundary_of_value): unscaled residuals of whole batches from the
-    channels' jet (interior) or value (boundary), as :func:`pinn_ng.channels.linearize` takes."""
+    """(interior_of_jet, boundary_of_value, boundary_dims): unscaled residuals of whole
+    batches from the channels' jet (interior) or value (boundary), as
+    :func:`pinn_ng.channels.linearize` takes, and the ``lap_dims`` argument the boundary
+    points need: None (the value channel) for Dirichlet data, ``()`` (value and gradient
+    channels; the Laplacian channel stays zero) for a ``boundary_jet_fn``, whose residuals
+    are (N, k)."""
 
     def interior_of_jet(jet, x):
         return jax.vmap(problem.interior_jet_fn)(jet.value, jet.grad, jet.laplacian, x)
 
+    if problem.boundary_jet_fn is not None:
+        def boundary_of_jet(jet, x):
+            return jax.vmap(problem.boundary_of_jet)(jet.value, jet.grad, x)
+
+        return interior_of_jet, boundary_of_jet, ()
+
     def boundary_of_value(value, x):
         return value - jax.vmap(problem.exact_fn)(x)
 
-    return interior_of_jet, boundary_of_value
+    return interior_of_jet, boundary_of_value, None
 
 
 def linearize_by_kind(problem: Problem, params, batch: Batch):
     """(interior, boundary) :class:`pinn_ng.channels.Linearization` of a tanh MLP: the
-    interior points with every channel, the boundary points with the value channel only,
-    each row scaled as in r.  What KFAC builds its Kronecker factors from."""
-    interior_of_jet, boundary_of_value = _jet_residuals(problem)
+    interior points with every channel, the boundary points with the value channel only
+    (every channel with a ``boundary_jet_fn``, k rows per point), each row scaled as in r.
+    What KFAC builds its Kronecker factors from."""
+    interior_of_jet, boundary_fn, boundary_dims = _jet_residuals(problem)
     s_i, s_b = row_scales(batch.interior.shape[0], batch.boundary.shape[0])
-    lin_i = channels.linearize(params, batch.interior, problem.lap_dims, interior_of_jet, s_i)
-    lin_b = channels.linearize(params, batch.boundary, None, boundary_of_value, s_b)
+    lin_i = channels.linearize(params, batch.interior, problem.lap_dims, interior_of_jet, s_i,
+                               problem.operator_diag)
+    lin_b = channels.linearize(params, batch.boundary, boundary_dims, boundary_fn, s_b)
     return lin_i, lin_b
+
+
+def _concat(a: channels.Linearization, b: channels.Linearization) -> channels.Linearization:
+    """The rows of ``a`` then those of ``b`` (the same channels)."""
+    return channels.Linearization(jnp.concatenate([a.r, b.r]),
+                                  tuple(jnp.concatenate(p) for p in zip(a.inputs, b.inputs)),
+                                  tuple(jnp.concatenate(p) for p in zip(a.grads, b.grads)))
 
 
 def _structured(problem: Problem):
     """(residual, rows) of a tanh MLP from its forward-Laplacian channels, whole batches."""
-    lap_dims = problem.lap_dims
-    interior_of_jet, boundary_of_value = _jet_residuals(problem)
+    lap_dims, weights = problem.lap_dims, problem.operator_diag
+    interior_of_jet, boundary_of_value, boundary_dims = _jet_residuals(problem)
 
     def residual(params, batch):
         problem.check_batch(batch)
         s_i, s_b = row_scales(batch.interior.shape[0], batch.boundary.shape[0])
-        r_i = interior_of_jet(channels.jet(params, batch.interior, lap_dims), batch.interior)
-        out_b, _ = channels.forward(params, batch.boundary, None)
-        r_b = boundary_of_value(out_b[:, 0], batch.boundary)
+        r_i = interior_of_jet(channels.jet(params, batch.interior, lap_dims, weights),
+                              batch.interior)
+        if boundary_dims is None:
+            out_b, _ = channels.forward(params, batch.boundary, None)
+            r_b = boundary_of_value(out_b[:, 0], batch.boundary)
+        else:
+            r_b = boundary_of_value(channels.jet(params, batch.boundary, boundary_dims),
+                                    batch.boundary).reshape(-1)
         return jnp.concatenate([r_i * s_i, r_b * s_b])
 
     def rows(params, points, kind, scale):
         if kind == "interior":
             return channels.residual_and_jacobian(params, points, lap_dims, interior_of_jet,
-                                                  scale)
-        return channels.residual_and_jacobian(params, points, None, boundary_of_value, scale)
+                                                  scale, weights)
+        return channels.residual_and_jacobian(params, points, boundary_dims,
+                                              boundary_of_value, scale)
+
+    if boundary_dims is not None:
+        # boundary residuals of u and ∇u (k per point): both kinds carry the same channels,
+        # so their linearisations stack into one whose rows are all "full"
+        def linearize_general(params, batch):
+            lin = _concat(*linearize_by_kind(problem, params, batch))
+            return lin, lin.r.shape[0]
+
+        def residual_and_jacobian_general(params, batch):
+            lin, _ = linearize_general(params, batch)
+            return lin.r, channels.jacobian(lin)
+
+        def sample_space_general(params, batch):
+            lin, n = linearize_general(params, batch)
+            return SampleSpace(lin.r, *channels.kernel_products(lin, n))
+
+        return residual, rows, residual_and_jacobian_general, sample_space_general
 
     def linearize_all(params, batch):
         # one pass over all N points (boundary points carry unused derivative channels):
@@ -299,7 +350,7 @@ def _structured(problem: Problem):
             return jnp.where(is_interior, interior_of_jet(jet, x),
                              boundary_of_value(jet.value, x))
 
-        return channels.linearize(params, x, lap_dims, residual_of_jet, scale), n_i
+        return channels.linearize(params, x, lap_dims, residual_of_jet, scale, weights), n_i
 
     def residual_and_jacobian(params, batch):
         lin, _ = linearize_all(params, batch)
@@ -445,17 +496,22 @@ class ResidualFn:
 
         Points of both kinds are stacked and padded to a multiple of ``block_size``; a row is
         the gradient of its own point's (interior or boundary) residual times its scale (0 for
-        padding), so the blocks stacked are exactly J with zero rows appended.
+        padding), so the blocks stacked are exactly J with zero rows appended.  With k > 1
+        boundary residuals per point, a boundary point fills k rows, each its own residual.
         """
         self.problem.check_batch(batch)
         n_i, n_b = batch.interior.shape[0], batch.boundary.shape[0]
-        n = n_i + n_b
+        k = self.problem.n_boundary_residuals
+        n = n_i + k * n_b
         m = int(block_size)
         n_blk = math.ceil(n / m)
         n_pad = n_blk * m
         dtype = batch.interior.dtype
-        pts = jnp.concatenate([batch.interior, batch.boundary])
+        pts = jnp.concatenate([batch.interior, jnp.repeat(batch.boundary, k, axis=0)])
         pts = jnp.concatenate([pts, jnp.broadcast_to(pts[:1], (n_pad - n, pts.shape[1]))])
+        # which of its point's k boundary residuals a row is (0 for interior rows)
+        comp = jnp.concatenate([jnp.zeros(n_i, jnp.int32), jnp.tile(jnp.arange(k), n_b),
+                                jnp.zeros(n_pad - n, jnp.int32)])
         is_int = jnp.arange(n_pad) < n_i
         s_i, s_b = row_scales(n_i, n_b)
         scale = jnp.where(is_int, s_i, s_b).astype(dtype)
@@ -463,11 +519,15 @@ class ResidualFn:
         pts_b = pts.reshape(n_blk, m, -1)
         int_b = is_int.reshape(n_blk, m)
         scale_b = scale.reshape(n_blk, m)
+        comp_b = comp.reshape(n_blk, m)
 
         def rows(a):
             x, flag, s = pts_b[a], int_b[a], scale_b[a]
             _, j_int = self._rows(params, x, "interior", 1.0)
             _, j_bnd = self._rows(params, x, "boundary", 1.0)
+            if k > 1:  # each point's k rows, then the one this row is
+                j_bnd = jnp.take_along_axis(j_bnd.reshape(m, k, -1),
+                                            comp_b[a][:, None, None], axis=1)[:, 0]
             return jnp.where(flag[:, None], j_int, j_bnd) * s[:, None]
 
         return RowBlocks(n, n_blk, m, rows)

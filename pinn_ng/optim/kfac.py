@@ -199,10 +199,13 @@ def scale_by_kfac(residual_fn, damping, ema_decay=DEFAULT_EMA_DECAY,
         lam = value_at(damping, state.count, dtype)
         beta = jnp.asarray(ema_decay, dtype)
         lin_i, lin_b = residual_fn.channel_linearizations(params, batch)
-        lin_b = lin_b.value_channel()
         new_i = tuple(interior_factors(h, g, approximation)
                       for h, g in zip(lin_i.inputs, lin_i.grads))
-        new_b = tuple(boundary_factors(h, g) for h, g in zip(lin_b.inputs, lin_b.grads))
+        # boundary residuals of u and ∇u (Neumann, Robin, u_t) carry every channel, as the
+        # interior's do; Dirichlet ones the value channel alone
+        new_b = tuple(boundary_factors(h, g) if h.shape[1] == 1 else
+                      interior_factors(h, g, approximation)
+                      for h, g in zip(lin_b.inputs, lin_b.grads))
         fac_i, fac_b = ema(state.interior, new_i, beta), ema(state.boundary, new_b, beta)
 
         pieces = []

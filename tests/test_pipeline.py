@@ -315,7 +315,9 @@ def test_convergence_figure_with_replicates(tmp_path):
         _record(runs, f"a{rep}", replicate=rep, final_l2=final)
     _record(runs, "b0", replicate=0, final_l2=5e-2, label="other")
     gather.gather(runs, tmp_path, {"experiments": {"convergence": ["a0", "a1", "a2", "b0"]}})
-    assert figures.available(figures.load(tmp_path)) == ["convergence_poisson2d"]
+    assert figures.available(figures.load(tmp_path)) == ["convergence_poisson2d",
+                                                         "performance_profile",
+                                                         "solution_poisson2d"]
     plt, _ = figures._setup()
     tables = figures.load(tmp_path)
     fig = figures.fig_convergence(tables, plt, None, figures._palette(tables), "poisson2d")

@@ -241,3 +241,11 @@ def test_solution_slice_through_the_domain():
         sample_interior_fn=problems.get("poisson2d").sample_interior_fn,
         sample_boundary_fn=problems.get("poisson2d").sample_boundary_fn, time_dependent=True)
     assert figures._slice(one_d, n=3)[2:] == (["x1", "t"], "")
+
+
+def test_leaderboard_ties_share_a_rank():
+    table = _table()
+    table = pd.concat([table, table[table.label == "C"].assign(
+        label="D", display="opt D", run_id=lambda d: d.run_id + "_d")])
+    board = scoring.leaderboard(table)
+    assert list(zip(board["rank"], board.label)) == [(1, "A"), (2, "B"), (3, "C"), (3, "D")]

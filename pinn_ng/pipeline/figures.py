@@ -21,6 +21,12 @@ Each figure uses the runs of one experiment (``experiments.csv``):
   ours / paper there.  Available where the tables hold such runs; not promised by a plan.
   Without ``paper_dir`` the repository's histories are used; where they are absent (installed
   without the repository) there is no overlay, and the other figures are drawn as before.
+- ``performance_profile``: Dolan & Moré profiles over the convergence runs' (problem, target)
+  pairs, by seconds and by steps, each optimizer's area in the legend
+  (:mod:`pinn_ng.pipeline.scoring`; ``leaderboard.md`` ranks by that area).
+- ``solution_<problem>``: u_θ, u* (or the reference values) and |u_θ − u*| on a 2d slice (the
+  first two coordinates; the others at the domain's centre, time at its end) for each
+  optimizer's median run by final L2, from its ``final_params.npz``.
 """
 
 from __future__ import annotations

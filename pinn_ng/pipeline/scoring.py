@@ -228,8 +228,8 @@ def final_metric(summary: pd.DataFrame, curves: pd.DataFrame | None) -> pd.Serie
 def leaderboard(summary: pd.DataFrame, curves: pd.DataFrame | None = None,
                 tau_max: float = TAU_MAX) -> pd.DataFrame:
     """One row per optimizer label, best first: profile area (by seconds; by steps beside
-    it), pairs reached, and the median final error per problem (``final_<problem>``).  Ties:
-    more pairs reached, then the label."""
+    it), pairs reached, and the median final error per problem (``final_<problem>``).  Equal
+    areas: more pairs reached first; equal in both: the same rank, in label order."""
     if summary.empty:
         return pd.DataFrame(columns=["rank", "label", "display", "area", "area_steps",
                                      "reached", "pairs"])
@@ -255,7 +255,9 @@ def leaderboard(summary: pd.DataFrame, curves: pd.DataFrame | None = None,
     out = out.assign(_a=out.area.fillna(-1.0)).sort_values(
         ["_a", "reached", "label"], ascending=[False, False, True], kind="stable")
     out = out.drop(columns="_a").reset_index(drop=True)
-    out.insert(0, "rank", range(1, len(out) + 1))
+    # ties (the same area and pairs reached, e.g. none reached) share a rank: 1, 1, 3
+    key = list(zip(out.area.fillna(-1.0), out.reached))
+    out.insert(0, "rank", [key.index(k) + 1 for k in key])
     return out
 
 

@@ -122,3 +122,74 @@ class JacrevRatio:
         return _ratio(self.jacrev, self.per_point, rounds=min(_RATIO_ROUNDS, 5))
 
     track_jacrev_over_per_point.unit = "ratio"
+
+
+# K's layer blocks at the paper's 5d size: net 5-64-64-48-48-1 (P = 10,065), N = 3000 + 500
+_K_COLUMNS = (384, 4160, 3120, 2352, 49)
+_K_ROWS = 700 if _cases.quick_mode() else 3500
+
+
+def _k_parts(seed: int = 0):
+    import jax.numpy as jnp
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [jnp.asarray(rng.standard_normal((_K_ROWS, p))) for p in _K_COLUMNS]
+
+
+class KernelGemm:
+    """K's lower triangle Σ_l J_l J_lᵀ over the 5d layer blocks by each GEMM backend of
+    ``pinn_ng.blas`` (``chosen``: the one ``auto`` picks on this machine), in GFLOP/s counting
+    N²P flops (the lower triangle: half of the full product's 2N²P).  Checked once against
+    numpy's float64 product."""
+
+    param_names = ["backend"]
+    params = (["xla", "blas", "chosen"],)
+    timeout = 600
+
+    def setup(self, backend):
+        import jax
+        import numpy as np
+
+        import pinn_ng
+        from pinn_ng import blas
+
+        pinn_ng.enable_x64()
+        pinn_ng.limit_blas_threads(1)
+        which = blas.kernel_backend("auto") if backend == "chosen" else backend
+        self.parts = _k_parts()
+        self.fn = jax.jit(lambda ps: blas.kernel_lower(ps, backend=which)).lower(
+            self.parts).compile()
+        ref = np.tril(sum(np.asarray(p) @ np.asarray(p).T for p in self.parts))
+        k = np.tril(np.asarray(self.fn(self.parts)))
+        assert np.max(np.abs(k - ref)) <= 1e-12 * np.max(np.abs(ref))
+
+    def track_gflops(self, backend):
+        (t,) = interleaved_timings([lambda: self.fn(self.parts)], repeats=3, warmup=0)
+        flops = _K_ROWS * _K_ROWS * sum(_K_COLUMNS)
+        return flops / t.median / 1e9
+
+    track_gflops.unit = "GFLOP/s"
+
+
+class KernelGemmChoice:
+    """The backend ``auto`` uses on this machine (1: the BLAS, 0: XLA), from the cached
+    calibration, and the calibration's BLAS / XLA time ratio."""
+
+    def setup(self):
+        import pinn_ng
+        from pinn_ng import blas
+
+        pinn_ng.enable_x64()
+        pinn_ng.limit_blas_threads(1)
+        self.calibration = blas.calibration()
+
+    def track_auto_chooses_blas(self):
+        return 1.0 if self.calibration["backend"] == "blas" else 0.0
+
+    track_auto_chooses_blas.unit = "blas=1"
+
+    def track_calibration_blas_over_xla(self):
+        return self.calibration["blas_s"] / self.calibration["xla_s"]
+
+    track_calibration_blas_over_xla.unit = "ratio"

@@ -102,7 +102,7 @@ def test_installed_copy_reports_no_git_commit(installed):
 
 
 #: What ``pip install pinn-ng`` leaves out: the pipeline extra's top-level modules.
-PIPELINE_ONLY = ("filelock", "jsonschema", "matplotlib", "pandas", "scipy", "seaborn",
+PIPELINE_ONLY = ("filelock", "jsonschema", "matplotlib", "orbax", "pandas", "scipy", "seaborn",
                  "snakemake", "threadpoolctl", "yaml")
 
 #: Run in a fresh interpreter: importing any of PIPELINE_ONLY raises, as without the extra.

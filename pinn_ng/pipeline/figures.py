@@ -586,7 +586,8 @@ def fig_solution(tables, plt, sns, palette, problem, results_dir="results"):
     for display in [h for h in palette if h in set(summ.display)]:
         rid, is_median = _median_run(summ[summ.display == display], results_dir)
         if rid is None:
-            rows.append((display, None, None, "no final parameters in its records"))
+            rows.append((display, None, None, f"no {params_io.FILE} in its run records "
+                         "(written before runs kept their final parameters?)"))
             continue
         meta = json.loads((Path(results_dir) / "runs" / rid / records.META).read_text())
         spec = meta["spec"]

@@ -575,9 +575,12 @@ def main(argv=None) -> int:
 
         claim_cores_from_env()
     try:
-        from .blas import limit_blas_threads
+        from .blas import env_error, limit_blas_threads
 
         limit_blas_threads(1)  # OpenBLAS threads otherwise spin against XLA's (pinn_ng/blas.py)
+        if env_error():  # PINN_NG_BLAS / PINN_NG_BLAS_THREADS, read later in traced code
+            print(f"pinn-ng {args.command}: error: {env_error()}", file=sys.stderr)
+            return 2
         # Plugins (entry points, PINN_NG_PLUGINS) before any name is read; a preset's own
         # `plugins` are loaded when it is planned.
         from . import plugins

@@ -177,6 +177,7 @@ def train(problem: Problem, apply: Callable, params, optimizer, residual_fn: Cal
     k0 = jnp.asarray(0, jnp.int32)
     compiled = jax.jit(step_fn, donate_argnums=donate).lower(params, opt_state, k0).compile()
     compile_seconds = time.perf_counter() - t0
+    _release_freed_heap()
 
     points = problem.eval_points(dtype)
     result = TrainResult(compile_seconds=compile_seconds)
@@ -269,3 +270,14 @@ def train(problem: Problem, apply: Callable, params, optimizer, residual_fn: Cal
             bar.close()
     result.steps, result.seconds, result.final_params = step, elapsed, params
     return result
+
+
+def _release_freed_heap():
+    """Hand the heap that XLA's compiler freed back to the OS (glibc keeps it mapped: about
+    0.3 GB of peak RSS on the 5d ENGD-W step); nothing where glibc is absent."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

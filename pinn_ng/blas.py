@@ -85,6 +85,16 @@ def gemm_threads() -> int:
         return os.cpu_count() or 1
 
 
+def env_error() -> str | None:
+    """Why ``$PINN_NG_BLAS`` or ``$PINN_NG_BLAS_THREADS`` is unusable (one line), or None."""
+    try:
+        requested_backend()
+        gemm_threads()
+    except ValueError as err:
+        return str(err)
+    return None
+
+
 def kernel_backend(backend: str | None = None) -> str:
     """The backend K's products use here: ``"xla"`` or ``"blas"`` (``auto`` resolved by the
     cached calibration; always ``"xla"`` off the CPU or where the FFI handler is missing)."""

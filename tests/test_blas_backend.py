@@ -150,3 +150,15 @@ def test_auto_calibrates_once_and_caches_beside_the_compilation_cache(
 def test_time_backends_runs_both_on_a_small_k():
     t = blas.time_backends(shape=(64, 96), rounds=1)
     assert set(t) == set(BACKENDS) and all(v > 0 for v in t.values())
+
+
+@pytest.mark.parametrize("var,value", [(blas.ENV, "mkl"), (blas.THREADS_ENV, "two")])
+def test_cli_reports_a_bad_override_in_one_line(monkeypatch, capsys, tmp_path, var, value):
+    from pinn_ng import cli
+
+    monkeypatch.setenv(var, value)
+    assert blas.env_error() is not None
+    code = cli.main(["run", "--problem", "poisson2d", "--optimizer", "sgd", "--max-steps", "1",
+                     "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and var in err and not (tmp_path / "run").exists()

@@ -4,6 +4,8 @@
     J (N x P) is held in memory; K's lower block triangle is computed from row blocks of J
     (K is symmetric, so the upper blocks are mirrored, not recomputed: about half the flops of
     ``J @ J.T``, the dominant cost of an ENGD-W step).  Memory: N·P for J plus N² for K.
+    The products run on XLA's dot or on the BLAS that SciPy links, whichever the machine runs
+    faster (:mod:`pinn_ng.blas`; ``PINN_NG_BLAS=xla|blas|auto``).
 ``kernel="blocked"``
     memory-lean: J is never held whole.  Row blocks of J (``block_size`` points, from the
     residual operator's :meth:`~pinn_ng.residuals.ResidualFn.row_blocks`) are recomputed per

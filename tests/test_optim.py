@@ -497,7 +497,7 @@ def test_cholesky_warm_start_climbs_from_the_given_rung(seed):
 
 
 def _with_rung(state, rung):
-    head = state[0]._replace(jitter_rung=jnp.asarray(rung, jnp.int32))
+    head = state[0]._replace(solver_state=solvers.CholeskyState(jnp.asarray(rung, jnp.int32)))
     return (head,) + tuple(state[1:])
 
 

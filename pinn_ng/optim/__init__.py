@@ -18,7 +18,8 @@ a *step-size* block, like optax's own aliases (``adam = chain(scale_by_adam, sca
 
 - directions: :func:`scale_by_engd`, :func:`scale_by_engd_woodbury`, :func:`scale_by_spring`,
   :func:`scale_by_kfac` (the preconditioned direction φ as a pytree, uphill like a gradient).
-  They build φ from r and J, so they come first in a chain and take ``updates=None`` (anything else raises);
+  They build φ from r and J, so they come first in a chain and take ``updates=None``
+  (anything else raises);
 - step sizes: :func:`scale_by_step_size` (``optax.scale_by_learning_rate(η)`` that records
   η_k), :func:`scale_by_grid_line_search`, :func:`scale_by_norm_constraint` (SPRING's cap);
   :func:`step_size_chain` combines them as the paper's reference code does.
@@ -26,9 +27,10 @@ a *step-size* block, like optax's own aliases (``adam = chain(scale_by_adam, sca
 ``engd = chain(scale_by_engd, step)``, ``engd_woodbury = chain(scale_by_engd_woodbury, step)``,
 ``spring = chain(scale_by_spring, step)``, ``kfac = chain(scale_by_kfac, optax.trace(μ),
 line search)``, ``kfac_star = chain(scale_by_kfac, scale_by_kfac_star)`` (:mod:`.kfac`).
-Damping, momentum, η and C accept numbers, arrays and ``optax`` schedules; :func:`inject_hyperparams` makes them state, so a sweep over λ does
-not recompile.  :func:`diagnostics` reads the per-step scalars out of any chained or wrapped
-state (``optax.tree_utils.tree_get``).  Where each path pays:
+Damping, momentum, η and C accept numbers, arrays and ``optax`` schedules;
+:func:`inject_hyperparams` makes them state, so a sweep over λ does not recompile.
+:func:`diagnostics` reads the per-step scalars out of any chained or wrapped state
+(``optax.tree_utils.tree_get``).  Where each path pays:
 
 - ``engd``: G = JᵀJ is P x P: O(NP²) + O(P³) time, P² memory (the baseline).
 - ``engd_woodbury`` / ``spring`` with ``solver="cholesky"``: O(N²P) for K (lower blocks only)
@@ -36,6 +38,11 @@ state (``optax.tree_utils.tree_get``).  Where each path pays:
 - ``solver="nystrom"`` / ``"nystrom_gpu"``: O(NPℓ) for KΩ = J(JᵀΩ), never forming K; the
   standard variant adds a QR and an SVD of N x ℓ matrices, the GPU-efficient one only an
   ℓ x ℓ Cholesky.  ``"nystrom_pcg"``: the standard sketch as a CG preconditioner.
+
+**Solvers.**  ``solver=`` takes an object, :class:`Cholesky`, :class:`Nystrom`,
+:class:`NystromGPU` or :class:`NystromPCG` (:mod:`.solvers`), or the presets' name of one with
+flat options (``solver="nystrom_gpu", sketch_size=0.1``), mapped to the object by
+:func:`.solvers.as_solver`: the one mapping :func:`make`, the presets and direct calls share.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ from .common import EVENT_FIELDS, Diagnostics
 from .engd import engd, scale_by_engd
 from .hessian_free import hessian_free
 from .kfac import kfac, kfac_star, scale_by_kfac, scale_by_kfac_star
+from .solvers import Cholesky, Nystrom, NystromGPU, NystromPCG
 from .step_size import (grid_line_search, scale_by_grid_line_search, scale_by_norm_constraint,
                         scale_by_step_size, step_size_chain)
 from .woodbury import engd_woodbury, scale_by_engd_woodbury, scale_by_spring, spring
@@ -121,7 +129,10 @@ def make(name: str, residual_fn, **hparams) -> optax.GradientTransformationExtra
 
     An unknown or missing hyper-parameter raises ``ValueError`` naming it and the valid ones;
     a factory that returns no optax transformation raises ``TypeError`` naming where it was
-    registered.
+    registered.  The sample-space optimizers map a preset's ``solver`` name and its flat
+    options (``sketch_size``, ``nystrom_shift``, ``jitter_warm_start``, ``jitter``,
+    ``pcg_iters``) to a solver object (:func:`.solvers.as_solver`); a flat option that does
+    not apply to that solver raises ``ValueError``.
     """
     entry = REGISTRY.entry(name)
     valid = hyperparameters(name)
@@ -211,6 +222,7 @@ def diagnostics(state) -> dict:
 
 
 __all__ = [
+    "Cholesky",
     "EVENT_FIELDS",
     "HYPERPARAMS",
     "REGISTRY",
@@ -228,6 +240,9 @@ __all__ = [
     "lbfgs",
     "make",
     "names",
+    "Nystrom",
+    "NystromGPU",
+    "NystromPCG",
     "register",
     "scale_by_engd",
     "scale_by_engd_woodbury",

@@ -49,21 +49,19 @@ class Diagnostics(NamedTuple):
 EVENT_FIELDS = ("jitter", "cholesky_fallback", "shift_grown", "nonfinite")
 
 
-def empty_diagnostics(dtype, track_effective_dimension: bool = False,
-                      solver: str | None = "cholesky", solve_failed: bool = False
+def empty_diagnostics(dtype, track_effective_dimension: bool = False, solver=None
                       ) -> Diagnostics:
-    """Initial diagnostics with the fields ``solver`` reports (None: only ``nonfinite``);
-    ``solve_failed``: also that field (a Cholesky solver with ``jitter="none"``)."""
+    """Initial diagnostics: ``nonfinite``, the effective dimension when tracked, and the event
+    fields ``solver`` reports (a solver object of :mod:`pinn_ng.optim.solvers`, whose
+    ``events`` name them; None: no solver events)."""
+    if isinstance(solver, str):
+        raise TypeError(f"empty_diagnostics takes a solver object, not the name {solver!r} "
+                        "(pinn_ng.optim.solvers.as_solver maps names to objects)")
     nan = jnp.asarray(jnp.nan, dtype)
     zero = jnp.zeros((), dtype)
-    chol = solver == "cholesky"
-    nys = solver is not None and solver.startswith("nystrom")
-    return Diagnostics(nan, zero, nan if track_effective_dimension else None,
-                       jitter=zero if chol else None,
-                       cholesky_fallback=zero if chol else None,
-                       nystrom_shift=zero if nys else None,
-                       shift_grown=zero if nys else None, nonfinite=zero,
-                       solve_failed=zero if solve_failed else None)
+    events = () if solver is None else tuple(solver.events)
+    return Diagnostics(nan, zero, nan if track_effective_dimension else None, nonfinite=zero,
+                       **{name: zero for name in events})
 
 
 def _is_array(value) -> bool:

@@ -1,5 +1,15 @@
 """Solvers for the damped sample-space system (K + λI) u = g, K = JJᵀ symmetric PSD.
 
+**Solver objects** (what the optimizers take, lineax-style): :class:`Cholesky`,
+:class:`Nystrom`, :class:`NystromGPU` and :class:`NystromPCG`.  Each is a frozen, hashable
+dataclass (static under ``jax.jit``) with ``init()`` (its state, e.g. Cholesky's warm-start
+rung) and ``solve(K or kmatmul, rhs, damping, state, key)``, which returns a
+:class:`Solution`: u, the new state, and the solver's own numerical events (the
+:class:`~pinn_ng.optim.common.Diagnostics` fields it fills, named by its ``events``).
+:func:`as_solver` maps the presets' strings with their flat options to these objects.
+
+The functions behind them:
+
 - :func:`cholesky_solve`: exact.  Cholesky, not ``eigh``: a third of the flops of a
   symmetric eigensolver, and it reads only the lower triangle (so K's upper blocks need not
   be formed).  When K + λI is not numerically positive definite (tiny λ against K's rounding
@@ -17,13 +27,16 @@
   reference code's fixed ν = 1e-7 is available as ``shift=1e-7``.
 - :func:`pcg`: Nyström-preconditioned conjugate gradients (sketch-and-precondition).
 
-All take ``kmatmul(V) -> K @ V`` for ``V`` of shape (N, k), so K may be explicit or applied as
-J(JᵀV) (O(N·P·ℓ), never forming K).
+The Nyström functions take ``kmatmul(V) -> K @ V`` for ``V`` of shape (N, k), so K may be
+explicit or applied as J(JᵀV) (O(N·P·ℓ), never forming K).
 """
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+import dataclasses
+import math
+import numbers
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -368,3 +381,280 @@ def pcg(kmatvec: Callable, g, damping, precond: StandardNystrom, maxiter: int, t
                               x0=precond.solve(g, damping), maxiter=maxiter, tol=tol,
                               precond=lambda v: precond.precondition(v, damping))
     return u
+
+
+# ---------------------------------------------------------------------------------------------
+# Solver objects: what the optimizers take.  Frozen dataclasses, so they are hashable and can
+# be static arguments of jax.jit; options are keyword-only, as in optax.
+
+
+class Solution(NamedTuple):
+    """What a solver object's ``solve`` returns."""
+
+    u: jax.Array  # (K + λI)⁻¹ rhs, exactly or approximately
+    state: Any  # the solver's state for the next solve (None for a stateless solver)
+    #: the solver's numerical events, ``{field: scalar}``: exactly the
+    #: :class:`~pinn_ng.optim.common.Diagnostics` fields named by the solver's ``events``
+    events: dict
+    effective_dimension: jax.Array | None = None  # tr(K(K+λI)⁻¹) when asked for, else None
+
+
+class CholeskyState(NamedTuple):
+    rung: jax.Array  # the jitter rung the last solve used (kept only with jitter_warm_start)
+
+
+class Solver:
+    """Base of the solver objects.
+
+    ``events``: the :class:`~pinn_ng.optim.common.Diagnostics` fields ``solve`` reports.
+    ``needs_matrix``: ``solve`` factorises K itself (pass K, of which it reads the lower
+    triangle) rather than only multiplying by it.  ``needs_damping``: the solve divides by λ,
+    so λ must be > 0.
+    """
+
+    events: tuple = ()
+    needs_matrix = False
+    needs_damping = False
+
+    def init(self):
+        """The state of the first solve (None: stateless)."""
+        return None
+
+    def solve(self, kernel, rhs, damping, state=None, key=None, *,
+              effective_dimension: bool = False) -> Solution:
+        """Solve (K + λI) u = rhs; ``kernel`` is K (lower triangle read) or ``V -> K @ V``."""
+        raise NotImplementedError(f"{type(self).__name__}.solve")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Cholesky(Solver):
+    """Exact solve by Cholesky with the jitter policy of :func:`cholesky_solve`.
+
+    ``jitter``: ``"ladder"`` (default: a failed factorisation is retried with a growing jitter,
+    then an eigh fallback) or ``"none"`` (λ alone, as the paper's reference code; a failure is
+    reported as ``solve_failed`` with u = NaN).  ``jitter_warm_start``: start each solve's
+    ladder at the rung the previous one needed (the state carries it): where λ alone fails
+    every step this saves one failed O(N³/3) factorisation per step, at the price of using
+    that rung's δ also where a lower rung would have done.
+
+    Events: ``jitter`` (δ added to λ, 0 if none) and ``cholesky_fallback``; with
+    ``jitter="none"`` also ``solve_failed``.
+    """
+
+    jitter_warm_start: bool = False
+    jitter: str = "ladder"
+
+    needs_matrix = True
+
+    def __post_init__(self):
+        if not isinstance(self.jitter_warm_start, bool):
+            raise ValueError(
+                f"jitter_warm_start must be True or False, got {self.jitter_warm_start!r}")
+        if self.jitter not in JITTER_POLICIES:
+            raise ValueError(f"jitter must be one of {list(JITTER_POLICIES)}, got {self.jitter!r}")
+        if self.jitter == "none" and self.jitter_warm_start:
+            raise ValueError("jitter='none' never jitters: jitter_warm_start must be False")
+
+    @property
+    def events(self) -> tuple:
+        base = ("jitter", "cholesky_fallback")
+        return base + ("solve_failed",) if self.jitter == "none" else base
+
+    def init(self) -> CholeskyState:
+        return CholeskyState(jnp.zeros((), jnp.int32))
+
+    def solve(self, kernel, rhs, damping, state=None, key=None, *,
+              effective_dimension: bool = False) -> Solution:
+        """u = (K + λI)⁻¹ rhs from K's lower triangle (``key`` is unused)."""
+        del key
+        if callable(kernel):
+            raise TypeError("Cholesky factorises K itself: pass K (its lower triangle is "
+                            "read), not a product function V -> K V")
+        state = self.init() if state is None else state
+        sol = cholesky_solve(kernel, damping, rhs, effective_dimension,
+                             start_rung=state.rung if self.jitter_warm_start else 0,
+                             jitter=self.jitter)
+        rung = sol.rung if self.jitter_warm_start else jnp.zeros((), jnp.int32)
+        events = {"jitter": sol.jitter, "cholesky_fallback": sol.fallback}
+        if self.jitter == "none":
+            events["solve_failed"] = sol.failed
+        return Solution(sol.u, CholeskyState(rung), events, sol.effective_dimension)
+
+
+def check_sketch_size(sketch_size):
+    """ℓ as given: an int >= 1 (columns) or a fraction of N in (0, 1]; raise otherwise."""
+    if isinstance(sketch_size, bool):
+        raise ValueError(
+            f"sketch_size must be an int >= 1 or a fraction in (0, 1], got {sketch_size!r}")
+    if isinstance(sketch_size, numbers.Integral):
+        if sketch_size <= 0:
+            raise ValueError(f"sketch_size must be >= 1, got {sketch_size}")
+        return int(sketch_size)
+    if isinstance(sketch_size, float) and 0.0 < sketch_size <= 1.0:
+        return sketch_size
+    raise ValueError(
+        f"sketch_size must be an int >= 1 or a fraction in (0, 1], got {sketch_size!r}")
+
+
+def _as_kmatmul(kernel) -> Callable:
+    if callable(kernel):
+        return kernel
+    return lambda v: symmetrize_lower(kernel) @ v
+
+
+def _need_key(solver, key):
+    if key is None:
+        raise ValueError(f"{type(solver).__name__}.solve needs key=: a PRNG key for its sketch")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sketched(Solver):
+    """A randomized Nyström solver: ``sketch_size`` ℓ is an int, or a fraction of N (the
+    paper's large-batch runs: 0.1), resolved as ⌈ℓ·N⌉ when the batch size N is known."""
+
+    sketch_size: int | float
+
+    events = ("nystrom_shift", "shift_grown")
+    needs_damping = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "sketch_size", check_sketch_size(self.sketch_size))
+
+    def columns(self, n: int) -> int:
+        """ℓ for a batch of N = ``n`` rows."""
+        ss = self.sketch_size
+        ell = math.ceil(ss * n) if isinstance(ss, float) else ss
+        if ell > n:
+            raise ValueError(f"sketch_size ℓ = {ell} exceeds the batch size N = {n}")
+        return ell
+
+
+@dataclasses.dataclass(frozen=True)
+class Nystrom(_Sketched):
+    """Sketch-and-solve with the standard randomized Nyström approximation
+    (:func:`nystrom_standard`).  Events: ``nystrom_shift`` (ν) and ``shift_grown``."""
+
+    def solve(self, kernel, rhs, damping, state=None, key=None, *,
+              effective_dimension: bool = False) -> Solution:
+        _need_key(self, key)
+        n = rhs.shape[0]
+        ny = nystrom_standard(_as_kmatmul(kernel), n, self.columns(n), key, rhs.dtype)
+        d_eff = ny.effective_dimension(damping) if effective_dimension else None
+        return Solution(ny.solve(rhs, damping), state,
+                        {"nystrom_shift": ny.shift, "shift_grown": ny.shift_grown}, d_eff)
+
+
+@dataclasses.dataclass(frozen=True)
+class NystromGPU(_Sketched):
+    """The paper's GPU-efficient Nyström solve (Algorithm 2, :func:`nystrom_gpu`): Cholesky
+    factorisations only.  ``shift``: ν (None: eps·‖KΩ‖_F, so that ℓ = N is exact; the
+    reference code's 1e-7 as ``shift=1e-7``).  Events: ``nystrom_shift`` and ``shift_grown``."""
+
+    _: dataclasses.KW_ONLY
+    shift: float | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.shift is not None:
+            ok = isinstance(self.shift, numbers.Real) and not isinstance(self.shift, bool)
+            if not ok or not (math.isfinite(self.shift) and self.shift >= 0):
+                raise ValueError(f"shift (ν) must be None or a finite number >= 0, "
+                                 f"got {self.shift!r}")
+            object.__setattr__(self, "shift", float(self.shift))
+
+    def solve(self, kernel, rhs, damping, state=None, key=None, *,
+              effective_dimension: bool = False) -> Solution:
+        _need_key(self, key)
+        n = rhs.shape[0]
+        ny = nystrom_gpu(_as_kmatmul(kernel), n, self.columns(n), key, rhs.dtype, damping,
+                         self.shift)
+        d_eff = ny.effective_dimension() if effective_dimension else None
+        return Solution(ny.solve(rhs), state,
+                        {"nystrom_shift": ny.shift, "shift_grown": ny.shift_grown}, d_eff)
+
+
+@dataclasses.dataclass(frozen=True)
+class NystromPCG(_Sketched):
+    """Conjugate gradients on K + λI preconditioned with the standard Nyström sketch
+    (:func:`pcg`), started from the sketch-and-solve answer; ``iters`` iterations (5 in the
+    reference code).  Events: ``nystrom_shift`` and ``shift_grown`` of the sketch."""
+
+    _: dataclasses.KW_ONLY
+    iters: int = 5
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.iters, bool) or not isinstance(self.iters, numbers.Integral) \
+                or self.iters <= 0:
+            raise ValueError(f"iters must be a positive int, got {self.iters!r}")
+        object.__setattr__(self, "iters", int(self.iters))
+
+    def solve(self, kernel, rhs, damping, state=None, key=None, *,
+              effective_dimension: bool = False) -> Solution:
+        _need_key(self, key)
+        n = rhs.shape[0]
+        kmatmul = _as_kmatmul(kernel)
+        ny = nystrom_standard(kmatmul, n, self.columns(n), key, rhs.dtype)
+        u = pcg(lambda v: kmatmul(v[:, None])[:, 0], rhs, damping, ny, self.iters)
+        d_eff = ny.effective_dimension(damping) if effective_dimension else None
+        return Solution(u, state, {"nystrom_shift": ny.shift, "shift_grown": ny.shift_grown},
+                        d_eff)
+
+
+#: The presets' solver names and the objects they stand for (see :func:`as_solver`).
+SOLVER_CLASSES = {"cholesky": Cholesky, "nystrom": Nystrom, "nystrom_gpu": NystromGPU,
+                  "nystrom_pcg": NystromPCG}
+
+#: The flat options of the optimizer factories and presets: the solvers each applies to, and
+#: the solver field it sets.
+FLAT_OPTIONS = {
+    "jitter_warm_start": (("cholesky",), "jitter_warm_start"),
+    "jitter": (("cholesky",), "jitter"),
+    "sketch_size": (("nystrom", "nystrom_gpu", "nystrom_pcg"), "sketch_size"),
+    "nystrom_shift": (("nystrom_gpu",), "shift"),
+    "pcg_iters": (("nystrom_pcg",), "iters"),
+}
+
+
+def _only(names) -> str:
+    quoted = [f"solver={n!r}" for n in names]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+
+def as_solver(solver="cholesky", **options) -> Solver:
+    """A solver object from a preset string and flat options, or an object unchanged.
+
+    ``solver``: a :class:`Solver` (``Cholesky(...)``, ``Nystrom(ℓ)``, ...) or one of
+    ``"cholesky"``, ``"nystrom"``, ``"nystrom_gpu"``, ``"nystrom_pcg"``.  ``options``: the flat
+    options ``jitter_warm_start``, ``jitter``, ``sketch_size``, ``nystrom_shift``,
+    ``pcg_iters``; None means not given.  A flat option that does not apply to the chosen
+    solver raises ``ValueError`` (it would otherwise be silently ignored), as does any flat
+    option next to a solver object (set it on the object).
+    """
+    unknown = sorted(set(options) - set(FLAT_OPTIONS))
+    if unknown:
+        raise TypeError(f"unknown solver option(s) {unknown}; valid: {list(FLAT_OPTIONS)}")
+    given = {k: v for k, v in options.items() if v is not None}
+    if isinstance(solver, Solver):
+        if given:
+            raise ValueError(
+                f"solver={solver!r} is an object: set its options on it, not as flat "
+                f"option(s) {', '.join(sorted(given))}")
+        return solver
+    if not isinstance(solver, str):
+        raise ValueError(f"solver must be one of {list(SOLVERS)} or a solver object "
+                         f"({', '.join(c.__name__ for c in SOLVER_CLASSES.values())}), "
+                         f"got {solver!r}")
+    if solver not in SOLVER_CLASSES:
+        raise ValueError(f"unknown solver {solver!r}; valid: {list(SOLVERS)}")
+    for name, value in given.items():
+        applies, _ = FLAT_OPTIONS[name]
+        if solver not in applies:
+            raise ValueError(f"{name}={value!r} applies to {_only(applies)} only, "
+                             f"got solver={solver!r}")
+    fields = {FLAT_OPTIONS[k][1]: v for k, v in given.items()}
+    if solver == "cholesky":
+        return Cholesky(**fields)
+    if "sketch_size" not in fields:
+        raise ValueError(f"solver {solver!r} needs sketch_size (ℓ, an int, or a fraction of N)")
+    return SOLVER_CLASSES[solver](fields.pop("sketch_size"), **fields)

@@ -129,6 +129,34 @@ def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+class _StopOnSignal:
+    """SIGTERM (Snakemake's and SLURM's way to stop a job, ahead of its time limit) and SIGINT:
+    the first asks the run to stop after its current step, save a checkpoint and exit
+    non-zero without a record; a second one stops at once (KeyboardInterrupt)."""
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {sig: signal.signal(sig, self._handle)
+                          for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore(self) -> None:
+        """Put back the handlers found (main() may run inside another program, e.g. pytest)."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt(f"signal {signum}")
+        self.signum = signum
+
+    def __call__(self) -> str | None:
+        return signal.Signals(self.signum).name if self.signum is not None else None
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + (self.signum or signal.SIGINT)
+
+
 def _cmd_run(args) -> int:
     from .pipeline import devices, runner
 
@@ -138,7 +166,8 @@ def _cmd_run(args) -> int:
              "max_steps": args.max_steps, "max_seconds": args.max_seconds,
              "eval_every": args.eval_every, "data_seed": args.data_seed,
              "model_seed": args.model_seed, "dtype": args.dtype,
-             "batch_every": args.batch_every, "network": args.network}
+             "batch_every": args.batch_every, "network": args.network,
+             "checkpoint_every": getattr(args, "checkpoint_every", None)}
     if args.widths:
         flags["widths"] = _widths(args.widths)
     spec.update({k: v for k, v in flags.items() if v is not None})
@@ -152,17 +181,31 @@ def _cmd_run(args) -> int:
             hp[key] = value
         spec["hparams"] = hp
     runner.complete_spec(spec)  # every value checked before anything is compiled or written
+    runs_per_device = os.environ.get("PINN_NG_RUNS_PER_DEVICE", "1")
+    if not runs_per_device.isdigit() or int(runs_per_device) < 1:
+        raise UsageError(f"PINN_NG_RUNS_PER_DEVICE must be a positive integer, got "
+                         f"{runs_per_device!r}")
+    from .memory import share_device
+
+    share_device(int(runs_per_device))  # several runs on one GPU: a memory fraction each
     devices.require(args.device)  # device=gpu on a machine without one: one line, no record
-    # Snakemake (and SLURM) stop jobs with SIGTERM: turn it into KeyboardInterrupt so that
-    # nothing half-written survives (records are only written after training anyway).
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    # Snakemake (and SLURM, ahead of a time limit) stop jobs with SIGTERM: the run saves a
+    # checkpoint and exits non-zero; rerunning the same command resumes it.
+    stop = _StopOnSignal()
     progress = False if args.no_progress else None
     try:
         meta = runner.run(spec, args.out, progress=progress,
-                          on_contention=getattr(args, "on_contention", "mark"))
+                          on_contention=getattr(args, "on_contention", "mark"), stop=stop,
+                          memory_check=not getattr(args, "no_memory_check", False))
+    except runner.RunInterrupted as err:
+        print(f"[pinn-ng] interrupted by {err}; no record written to {args.out}",
+              file=sys.stderr)
+        return stop.exit_status
     except KeyboardInterrupt:
         print(f"[pinn-ng] interrupted: no record written to {args.out}", file=sys.stderr)
-        return 130
+        return stop.exit_status
+    finally:
+        stop.restore()
     if meta["status"] == "failed":  # on_contention=fail: the record says so too
         print(f"pinn-ng run: error: {meta['run_id']}: {meta['reason']} (on_contention=fail; "
               "recorded as failed)", file=sys.stderr)
@@ -243,7 +286,49 @@ def _cmd_plan(args) -> int:
     print(f"{len(plan.runs) + len(plan.tuned)} runs; figures: "
           f"{plan.figures + plan.tuning_figures}", file=sys.stderr)
     print(pcfg.device_hours(plan).describe(), file=sys.stderr)
+    runs = list(plan.runs.items()) + [(r, t["spec"]) for r, t in plan.tuned.items()]
+    if args.time_limit is not None:
+        _plan_time_limit(runs, args.time_limit, pcfg.budget_minutes)
+    if args.memory:
+        _plan_memory([s for _, s in runs])
     return 0
+
+
+def _plan_time_limit(runs, limit: float, budget_minutes) -> None:
+    """Which runs a partition's time limit will stop: they are resumed from checkpoints."""
+    from .pipeline import runner
+
+    if not limit > 0:
+        raise UsageError(f"--time-limit must be a positive number of minutes, got {limit!r}")
+    over = [(rid, s) for rid, s in runs if budget_minutes(s) > limit]
+    print(f"time limit {limit:g} min: {len(over)} of {len(runs)} runs need longer (budget "
+          "x 1.5 + 15 min) and will be stopped by SIGTERM, checkpointed and resumed by "
+          "Snakemake's retries", file=sys.stderr)
+    for rid, s in over:
+        every = runner.checkpoint_seconds(runner.complete_spec(s))
+        print(f"  {rid}: {budget_minutes(s)} min, about "
+              f"{-(-budget_minutes(s) // int(limit))} jobs; checkpoint every "
+              f"{f'{every:g} s' if every else 'SIGTERM only'}", file=sys.stderr)
+
+
+def _plan_memory(specs) -> None:
+    """The compiled step's memory for each distinct run shape (compiled from shapes only)."""
+    from . import memory
+    from .pipeline import runner
+
+    shapes = {}
+    for s in specs:
+        shapes.setdefault(runner.shape_key(s), []).append(s)
+    avail, source = memory.available()
+    print(f"memory per distinct run shape ({len(shapes)}; available here: "
+          f"{avail / memory.GIB:.1f} GiB, {source}):" if avail is not None else
+          f"memory per distinct run shape ({len(shapes)}):", file=sys.stderr)
+    for group in shapes.values():
+        s = group[0]
+        est = runner.estimate_memory(s)
+        print(f"  {s['problem']} {s['label']} N={s['n_interior']}+{s['n_boundary']} "
+              f"widths={s['widths']} ({len(group)} runs): {memory.describe(est)}",
+              file=sys.stderr)
 
 
 def _cmd_nystrom_table(args) -> int:
@@ -440,7 +525,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-progress", action="store_true", help="never show a progress bar")
     sp.add_argument("--device", choices=["any", "cpu", "gpu"], default="any",
                     help="refuse to start unless JAX sees this device (default: any)")
-    sp.add_argument("--out", required=True, help="run record directory")
+    sp.add_argument("--out", required=True, help="run record directory (a rerun with the "
+                    "same --out resumes from its checkpoint)")
+    sp.add_argument("--checkpoint-every", type=float, metavar="SECONDS",
+                    help="save a checkpoint every SECONDS of wall-clock time (0: only on "
+                    "SIGTERM/SIGINT; default 300, none for time budgets under 10 minutes)")
+    sp.add_argument("--no-memory-check", action="store_true",
+                    help="run even if the compiled step's memory estimate exceeds what the "
+                    "device has available")
     sp.add_argument("--on-contention", **ON_CONTENTION_FLAG)
     sp.set_defaults(func=_cmd_run)
 
@@ -474,6 +566,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "paths or shipped names (smoke, paper, cpu-paper, default)")
     sp.add_argument("--config", nargs="*", metavar="KEY=VALUE", help="top-level overrides")
     sp.add_argument("--schema", help="default: the schema shipped with pinn_ng")
+    sp.add_argument("--time-limit", type=float, metavar="MINUTES",
+                    help="a partition's time limit: list the runs that exceed it (they are "
+                    "stopped, checkpointed and resumed)")
+    sp.add_argument("--memory", action="store_true",
+                    help="print the compiled step's memory of each distinct run shape "
+                    "(compiles each shape once, from shapes only)")
     sp.set_defaults(func=_cmd_plan)
 
     sp = sub.add_parser("nystrom-table", help="standard vs GPU-efficient Nystrom, time and "
@@ -554,8 +652,8 @@ def _one_line(err: BaseException) -> str:
 
 
 #: The top-level modules of the ``pipeline`` extra (``pip install pinn-ng`` has none of them).
-PIPELINE_PACKAGES = {"filelock", "jsonschema", "matplotlib", "pandas", "scipy", "seaborn",
-                     "snakemake", "threadpoolctl", "yaml"}
+PIPELINE_PACKAGES = {"filelock", "jsonschema", "matplotlib", "orbax", "pandas", "scipy",
+                     "seaborn", "snakemake", "threadpoolctl", "yaml"}
 
 
 def main(argv=None) -> int:

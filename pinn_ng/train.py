@@ -33,6 +33,19 @@ argument) on a :class:`pinn_ng.problems.Problem`:
   direction; :data:`pinn_ng.optim.EVENT_FIELDS`) are diagnostics, not divergence: the loop
   counts the steps at which each occurred (``TrainResult.events``).
 
+- **Checkpoints and stops.** With a ``checkpoint`` (an object with ``load(like_state)``,
+  ``save(state, progress)`` and ``every_seconds``, e.g.
+  :class:`pinn_ng.pipeline.checkpoint.Checkpointer`) the loop resumes from the checkpoint it
+  finds and saves one every ``every_seconds`` of wall-clock time and whenever ``stop()``
+  returns a reason (a signal).  Saving is outside the timed region.  Because step k's batch
+  depends on k only, a resumed run takes the same steps as an uninterrupted one: on a CPU its
+  parameters and curve are bit-identical.  ``TrainResult.segments`` lists one entry per
+  process that ran (start and end step, timed seconds, why it ended); a ``max_seconds``
+  budget counts the timed seconds of all of them.
+- **Memory.** ``memory_check(compiled)`` is called on the compiled step before anything
+  runs (:func:`pinn_ng.memory.check`); it may raise to stop the run, and what it returns is
+  ``TrainResult.memory``.
+
 The loop knows nothing about particular optimizers beyond ``pinn_ng.optim.uses_grads`` (does
 the update read the gradient?) and ``pinn_ng.optim.diagnostics`` (loss, step size, …).
 """
@@ -67,7 +80,9 @@ class TrainResult:
     compile_seconds: float = 0.0
     diverged: bool = False
     reason: str | None = None  # why the run diverged, else None
-    stopped_by: str = ""  # "max_steps", "max_seconds" or "diverged"
+    #: "max_steps", "max_seconds", "diverged", or "interrupted" (``stop()`` asked: the
+    #: run is not finished; its checkpoint, if any, holds the progress)
+    stopped_by: str = ""
     #: steps at which each numerical event occurred, e.g. {"jitter_steps": 3, ...}, and the
     #: first step (1-based) at which it did, e.g. {"first_jitter_step": 11} (None: never);
     #: only the events the optimizer reports
@@ -78,6 +93,12 @@ class TrainResult:
     step_seconds: list = field(default_factory=list)
     step_had_event: list = field(default_factory=list)
     final_params: object = None
+    #: one entry per process that trained this run: start_step, end_step, seconds (timed),
+    #: ended ("max_steps", "max_seconds", "diverged", a signal's name, or "lost" for a process
+    #: that died without saving: its steps after the last checkpoint were redone)
+    segments: list = field(default_factory=list)
+    memory: dict | None = None  # what memory_check returned (the compiled step's estimate)
+    resumed_from: int | None = None  # the step this process resumed at (None: a fresh start)
 
     @property
     def seconds_per_step(self) -> float:
@@ -141,11 +162,14 @@ def train(problem: Problem, apply: Callable, params, optimizer, residual_fn: Cal
           n_interior: int | None = None, n_boundary: int | None = None,
           max_steps: int | None = None, max_seconds: float | None = None,
           eval_every: int = 10, data_seed: int = 0, dtype=None, batch_every: int = 1,
-          progress: bool | None = None, log: Callable | None = None) -> TrainResult:
+          progress: bool | None = None, log: Callable | None = None, checkpoint=None,
+          stop: Callable[[], str | None] | None = None,
+          memory_check: Callable | None = None) -> TrainResult:
     """Train ``params`` of ``apply`` on ``problem`` with ``optimizer``; see the module docstring.
 
     ``batch_every``: steps per batch (1: a fresh batch every step).  ``progress``: a tqdm bar (None: only when stderr is a terminal).  ``log``: where quiet
     progress lines go when there is no bar (default: stderr, at most one line every 10 s).
+    ``checkpoint``, ``stop``, ``memory_check``: see the module docstring.
     """
     if max_steps is None and max_seconds is None:
         raise ValueError("give a budget: max_steps and/or max_seconds")
@@ -178,10 +202,38 @@ def train(problem: Problem, apply: Callable, params, optimizer, residual_fn: Cal
     compiled = jax.jit(step_fn, donate_argnums=donate).lower(params, opt_state, k0).compile()
     compile_seconds = time.perf_counter() - t0
     _release_freed_heap()
+    result = TrainResult(compile_seconds=compile_seconds)
+    if memory_check is not None:  # before the first step: a run that cannot fit stops here
+        result.memory = memory_check(compiled)
 
     points = problem.eval_points(dtype)
-    result = TrainResult(compile_seconds=compile_seconds)
     diag_keys: list[str] = []
+    elapsed, step = 0.0, 0
+    restored = checkpoint.load({"params": params, "opt_state": opt_state}) \
+        if checkpoint is not None else None
+    if restored is not None:
+        state, saved = restored
+        params, opt_state = state["params"], state["opt_state"]
+        step, elapsed = int(saved["step"]), float(saved["elapsed"])
+        result.rows = [dict(r) for r in saved["rows"]]
+        result.step_seconds = list(saved["step_seconds"])
+        result.step_had_event = list(saved["step_had_event"])
+        result.events = dict(saved["events"])
+        result.segments = [dict(s) for s in saved["segments"]]
+        for seg in result.segments:
+            if seg.get("ended") == "running":  # that process died after its last save
+                seg["ended"] = "lost"
+        result.resumed_from = step
+    segment = {"start_step": step, "end_step": step, "seconds": 0.0, "ended": "running"}
+    result.segments.append(segment)
+    seg_start_elapsed = elapsed
+
+    def save_checkpoint(ended):
+        segment.update(end_step=step, seconds=elapsed - seg_start_elapsed, ended=ended)
+        checkpoint.save({"params": params, "opt_state": opt_state}, {
+            "step": step, "elapsed": elapsed, "rows": result.rows,
+            "step_seconds": result.step_seconds, "step_had_event": result.step_had_event,
+            "events": result.events, "segments": result.segments})
 
     def record(step, elapsed, out, params):
         errs = problem.errors(apply, params, points)
@@ -197,16 +249,23 @@ def train(problem: Problem, apply: Callable, params, optimizer, residual_fn: Cal
 
     # Row 0: the initial parameters.  Its loss (batch 0) is the first step's "loss before the
     # step", filled in after that step rather than compiled separately.
-    first = record(0, 0.0, None, params)
-    log(f"{problem.name}: compiled in {compile_seconds:.1f} s; step 0 l2 {first['l2']:.3e}")
+    if result.rows:
+        first = result.rows[0]
+        log(f"{problem.name}: compiled in {compile_seconds:.1f} s; resumed at step {step} "
+            f"({elapsed:.1f} timed s) from the checkpoint")
+    else:
+        first = record(0, 0.0, None, params)
+        log(f"{problem.name}: compiled in {compile_seconds:.1f} s; step 0 l2 "
+            f"{first['l2']:.3e}")
 
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=max_steps, desc=problem.name, unit="step", file=sys.stderr,
-                   dynamic_ncols=True)
-    elapsed, step, out, last_log = 0.0, 0, None, time.monotonic()
+        bar = tqdm(total=max_steps, initial=step, desc=problem.name, unit="step",
+                   file=sys.stderr, dynamic_ncols=True)
+    out, last_log = None, time.monotonic()
+    last_save = time.monotonic()
     try:
         while True:
             if max_steps is not None and step >= max_steps:
@@ -215,6 +274,17 @@ def train(problem: Problem, apply: Callable, params, optimizer, residual_fn: Cal
             if max_seconds is not None and elapsed >= max_seconds:
                 result.stopped_by = "max_seconds"
                 break
+            why = stop() if stop is not None else None
+            if why:  # asked to stop (a signal): save what we have; the run is not finished
+                result.stopped_by, result.reason = "interrupted", why
+                if checkpoint is not None:
+                    save_checkpoint(why)
+                    log(f"{problem.name}: stopped ({why}) at step {step}; checkpoint saved")
+                break
+            if checkpoint is not None and checkpoint.every_seconds is not None and \
+                    step > 0 and time.monotonic() - last_save >= checkpoint.every_seconds:
+                save_checkpoint("running")
+                last_save = time.monotonic()
             k = jnp.asarray(step, jnp.int32)
             t = time.perf_counter()
             params, opt_state, out = compiled(params, opt_state, k)
@@ -227,9 +297,10 @@ def train(problem: Problem, apply: Callable, params, optimizer, residual_fn: Cal
                 diag_keys = sorted(k for k in out if k not in ("loss", "step_size",
                                                                "params_finite",
                                                                "solve_failed"))
-                result.events = {f"{k}_steps": 0 for k in EVENT_FIELDS if k in out}
-                result.events.update({f"first_{k}_step": None for k in EVENT_FIELDS
-                                      if k in out})
+                if not result.events:  # a resumed run keeps the counts it restored
+                    result.events = {f"{k}_steps": 0 for k in EVENT_FIELDS if k in out}
+                    result.events.update({f"first_{k}_step": None for k in EVENT_FIELDS
+                                          if k in out})
             had_event = False
             for k in EVENT_FIELDS:
                 if k in out and _to_float(out[k]) > 0:
@@ -268,6 +339,9 @@ def train(problem: Problem, apply: Callable, params, optimizer, residual_fn: Cal
     finally:
         if bar is not None:
             bar.close()
+    segment.update(end_step=step, seconds=elapsed - seg_start_elapsed,
+                   ended=result.reason if result.stopped_by == "interrupted"
+                   else result.stopped_by)
     result.steps, result.seconds, result.final_params = step, elapsed, params
     return result
 

@@ -28,7 +28,16 @@ SPEC_DEFAULTS = {
     "dtype": "float64",
     "batch_every": 1,  # steps per batch (1: a fresh batch every step; pinn_ng.train)
     "network": None,  # a name of pinn_ng.models.names(); absent (None): mlp
+    # wall-clock seconds between checkpoints (0: none but the one saved on SIGTERM/SIGINT;
+    # None: CHECKPOINT_DEFAULT_SECONDS unless the time budget is under CHECKPOINT_MIN_BUDGET)
+    "checkpoint_every": None,
 }
+#: The default checkpoint interval, and the time budget under which a run saves none by default.
+CHECKPOINT_DEFAULT_SECONDS = 300.0
+CHECKPOINT_MIN_BUDGET = 600.0
+#: Spec keys that may change between the segments of one run (the budget may be extended);
+#: every other key must match the checkpoint's.
+RESUMABLE_CHANGES = ("max_steps", "max_seconds", "checkpoint_every", "label", "display")
 #: Spellings of the two precisions a run accepts (pinn_ng.precision).
 DTYPES = ("float64", "float32", "f64", "f32", "double", "single")
 
@@ -124,6 +133,10 @@ def complete_spec(spec: dict) -> dict:
     if out["max_seconds"] is not None and (not _is_number(out["max_seconds"])
                                            or out["max_seconds"] <= 0):
         raise SpecError(f"max_seconds must be a positive number, got {out['max_seconds']!r}")
+    ce = out["checkpoint_every"]
+    if ce is not None and (not _is_number(ce) or ce < 0):
+        raise SpecError(f"checkpoint_every must be a number of seconds >= 0 (0: only on "
+                        f"SIGTERM/SIGINT), got {ce!r}")
     if not isinstance(out["dtype"], str) or out["dtype"].lower() not in DTYPES:
         raise SpecError(f"unknown dtype {out['dtype']!r}; valid: {list(DTYPES)}")
     if not all(isinstance(k, str) and k for k in out["hparams"]):
@@ -150,24 +163,148 @@ def make_optimizer(spec: dict, residual_fn):
         raise SpecError(" ".join(msg.split())) from err
 
 
+class RunInterrupted(Exception):
+    """The run was asked to stop (SIGTERM/SIGINT) before it finished; ``args[0]`` says how
+    far it got and where its checkpoint is.  No record is written."""
+
+
+def checkpoint_seconds(spec: dict) -> float | None:
+    """Seconds between periodic checkpoints of a completed spec (None: none)."""
+    every = spec.get("checkpoint_every")
+    if every is None:
+        budget = spec.get("max_seconds")
+        return None if budget is not None and budget < CHECKPOINT_MIN_BUDGET \
+            else CHECKPOINT_DEFAULT_SECONDS
+    return float(every) if every > 0 else None
+
+
+def memory_hint(spec: dict) -> str:
+    """What shrinks a run's step, for the memory guard's line."""
+    from .. import optim
+
+    hp = optim.hyperparameters(spec["optimizer"])
+    opts = []
+    if "kernel" in hp and spec["hparams"].get("kernel") != "blocked":
+        opts.append('--hparam kernel=blocked (row blocks of J)')
+    if "solver" in hp and not str(spec["hparams"].get("solver", "")).startswith("nystrom"):
+        opts.append("a Nystrom solver (--hparam solver=nystrom --hparam sketch_size=0.1)")
+    opts.append(f"a smaller N (--n-interior, now {spec['n_interior']}; --n-boundary, now "
+                f"{spec['n_boundary']})")
+    return "; ".join(opts) + "; or --no-memory-check to run anyway"
+
+
+#: Spec keys that do not change the compiled step (its memory): one estimate serves them all.
+NOT_SHAPE = ("label", "display", "replicate", "data_seed", "model_seed", "max_steps",
+             "max_seconds", "eval_every", "checkpoint_every")
+
+
+def shape_key(spec: dict) -> str:
+    """The part of a spec that decides the compiled step's shapes (and so its memory)."""
+    import json
+
+    return json.dumps({k: v for k, v in spec.items() if k not in NOT_SHAPE}, sort_keys=True,
+                      default=str)
+
+
+def estimate_memory(spec: dict) -> dict | None:
+    """The compiled step's memory (:func:`pinn_ng.memory.estimate`) for ``spec``, compiled from
+    shapes alone (``jax.ShapeDtypeStruct``: no parameters, no data), as ``pinn-ng plan
+    --memory`` prints it; None when the backend does not report it."""
+    spec = complete_spec(spec)
+    import jax
+    import jax.numpy as jnp
+
+    from .. import enable_x64, memory, models, optim, problems, train
+    from ..precision import resolve_dtype
+    from ..residuals import ResidualFn
+
+    if spec["dtype"].lower() in ("float64", "f64", "double"):
+        enable_x64()
+    dtype = resolve_dtype(spec["dtype"])
+    problem = problems.get(spec["problem"])
+    init, apply = models.make(spec.get("network", "mlp"), spec["widths"], dtype=dtype)
+    residual_fn = ResidualFn(problem, apply)
+    optimizer = make_optimizer(spec, residual_fn)
+    params = jax.eval_shape(init, jax.random.PRNGKey(0))
+    state = jax.eval_shape(optimizer.init, params)
+    step, _ = train.make_step(
+        problem, residual_fn, optimizer, uses_grads=optim.uses_grads(spec["optimizer"]),
+        diagnostics=optim.diagnostics, n_interior=spec["n_interior"],
+        n_boundary=spec["n_boundary"], dtype=dtype, data_seed=spec["data_seed"],
+        batch_every=spec["batch_every"])
+    k = jax.ShapeDtypeStruct((), jnp.int32)
+    return memory.estimate(jax.jit(step).lower(params, state, k).compile())
+
+
+class _RunCheckpointer:
+    """The run directory's checkpoint: an unreadable one is set aside (kept as
+    ``checkpoint.unusable``) and the run starts over, which the record then says; one written
+    by another run spec is a :class:`SpecError`."""
+
+    def __init__(self, out_dir, spec: dict, warn):
+        from . import checkpoint
+
+        self._mod = checkpoint
+        identity = {k: v for k, v in spec.items() if k not in RESUMABLE_CHANGES}
+        self._ckpt = checkpoint.Checkpointer(Path(out_dir) / "checkpoint",
+                                             every_seconds=checkpoint_seconds(spec),
+                                             identity=identity)
+        self.every_seconds = self._ckpt.every_seconds
+        self.discarded = None
+        self._warn = warn
+
+    @property
+    def directory(self):
+        return self._ckpt.directory
+
+    @property
+    def saves(self):
+        return self._ckpt.saves
+
+    def load(self, like_state):
+        try:
+            return self._ckpt.load(like_state)
+        except self._mod.CheckpointMismatch as err:
+            raise SpecError(str(err)) from None
+        except self._mod.CheckpointError as err:
+            where = self._ckpt.set_aside()
+            self.discarded = f"{err}; set aside as {where}, started over"
+            self._warn(f"warning: unusable {self.discarded}")
+            return None
+
+    def save(self, state, progress):
+        self._ckpt.save(state, progress)
+
+    def remove(self):
+        self._ckpt.remove()
+
+
 def _median(values):
     return float(statistics.median(values)) if values else None
 
 
-def run(spec: dict, out_dir, progress=None, on_contention: str = "mark") -> dict:
+def run(spec: dict, out_dir, progress=None, on_contention: str = "mark", *, stop=None,
+        memory_check: bool = True, warn=None) -> dict:
     """Train as ``spec`` says and write the record to ``out_dir``; return its metadata.
 
     ``on_contention`` (:data:`pinn_ng.pipeline.contention.ON_CONTENTION`): ``fail`` records
     a run measured under contention as ``failed``; ``warn`` and ``mark`` keep it, flagged.
 
+    Checkpoints go to ``<out_dir>/checkpoint/`` (every ``checkpoint_every`` seconds, and when
+    ``stop()`` returns a reason); a run that finds one resumes from it, and removes it once
+    its record is written.  ``stop``: polled between steps (the CLI's signal handlers);
+    when it asks, the run saves and raises :class:`RunInterrupted`.  ``memory_check``: stop
+    with a :class:`~pinn_ng.pipeline.errors.UserError` when the compiled step cannot fit
+    (:mod:`pinn_ng.memory`); the estimate is recorded either way.
+
     Nothing is written until training has finished (or diverged): an interrupted run leaves
-    no record.
+    no record, only its checkpoint.
     """
     spec = complete_spec(spec)
     started = records.utc_now()
     import jax
 
-    from .. import enable_x64, models, optim, problems, train
+    from .. import enable_x64, memory, models, optim, problems, train
     from ..residuals import ResidualFn
     from ..precision import resolve_dtype
 
@@ -179,6 +316,18 @@ def run(spec: dict, out_dir, progress=None, on_contention: str = "mark") -> dict
     params = init(jax.random.PRNGKey(spec["model_seed"]))
     residual_fn = ResidualFn(problem, apply)
     optimizer = make_optimizer(spec, residual_fn)
+    import sys
+
+    warn = warn or (lambda msg: print(f"[pinn-ng] {msg}", file=sys.stderr, flush=True))
+    ckpt = _RunCheckpointer(out_dir, spec, warn)
+    hint = memory_hint(spec)
+
+    def guard(compiled):
+        try:
+            return memory.check(compiled, enabled=memory_check, hint=hint)
+        except memory.MemoryGuardError as err:
+            raise SpecError(str(err)) from None
+
     monitor = contention.Monitor().start()
     try:
         result = train.train(
@@ -187,7 +336,10 @@ def run(spec: dict, out_dir, progress=None, on_contention: str = "mark") -> dict
             n_interior=spec["n_interior"], n_boundary=spec["n_boundary"],
             max_steps=spec["max_steps"], max_seconds=spec["max_seconds"],
             eval_every=spec["eval_every"], data_seed=spec["data_seed"], dtype=dtype,
-            batch_every=spec["batch_every"], progress=progress)
+            batch_every=spec["batch_every"], progress=progress, checkpoint=ckpt, stop=stop,
+            memory_check=guard)
+    except UserError:
+        raise
     except Exception as err:  # noqa: BLE001 - only out-of-memory is a result, see below
         # Running out of device memory is an outcome worth recording (the paper's ENGD runs
         # out of memory on 10d), not a pipeline failure; anything else is a bug and raises.
@@ -197,6 +349,12 @@ def run(spec: dict, out_dir, progress=None, on_contention: str = "mark") -> dict
             raise
         result = train.TrainResult(diverged=True, reason="out of memory: " + text[:300],
                                    stopped_by="out_of_memory")
+    if result.stopped_by == "interrupted":
+        monitor.stop()
+        saved = (f"checkpoint at step {result.steps} in {ckpt.directory}; rerun the same "
+                 "command to resume") if ckpt.saves else "no checkpoint saved"
+        raise RunInterrupted(f"{result.reason} at step {result.steps} "
+                             f"({result.seconds:.1f} timed s): {saved}")
     machine_load = monitor.stop().probes(result.step_seconds)
     contended, why = contention.verdict(machine_load)
     machine_load.update(why=why, on_contention=on_contention)
@@ -226,6 +384,13 @@ def run(spec: dict, out_dir, progress=None, on_contention: str = "mark") -> dict
         "contended": contended,  # pinn_ng.pipeline.contention.RULE on the probes below
         "machine_load": machine_load,
         "compile_seconds": result.compile_seconds,
+        # one entry per process that trained this run (a resumed run has several)
+        "segments": result.segments,
+        "checkpoint": {"every_seconds": ckpt.every_seconds, "saves_last_segment": ckpt.saves,
+                       "resumed_from": result.resumed_from, "discarded": ckpt.discarded,
+                       "kept": False},
+        # the compiled step's memory (pinn_ng.memory) and what the device had available
+        "memory": result.memory,
         # steps at which the solver needed a jitter / eigh fallback / larger Nyström shift,
         # or skipped a non-finite direction (pinn_ng.optim.EVENT_FIELDS)
         "events": result.events,
@@ -250,6 +415,7 @@ def run(spec: dict, out_dir, progress=None, on_contention: str = "mark") -> dict
 
         params_io.save(Path(out_dir) / params_io.FILE, result.final_params)
     records.write_record(out_dir, result.rows, columns, meta)
+    ckpt.remove()  # the record is complete: a rerun starts a new run, not a resumed one
     return meta
 
 

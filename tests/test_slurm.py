@@ -16,6 +16,7 @@ first status check (``slurm-init-seconds-before-status-checks``) so the test wai
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -271,11 +272,64 @@ def test_a_run_killed_by_its_time_limit_is_reported_and_rerun(cluster, tmp_path)
                      log, re.S), log[-4000:]
     assert f"*** JOB {jobid} ON" in slurm_log.read_text()
     assert "DUE TO TIME LIMIT" in slurm_log.read_text()
-    # SLURM's SIGTERM reached the run: it said so, and left no record
-    assert "interrupted: no record written" in \
-        (work / "results" / "logs" / f"{rid}.log").read_text()
+    # SLURM's SIGTERM reached the run: it said so, and left no record (only its checkpoint)
+    assert "interrupted" in (work / "results" / "logs" / f"{rid}.log").read_text()
+    assert "no record written" in (work / "results" / "logs" / f"{rid}.log").read_text()
     assert not records.is_complete(work / "results" / "runs" / rid)
     assert not (work / "results" / "runs" / rid / records.META).exists()
     dry = _snakemake(work, "runs", "-n", "--profile", str(profile), *args, timeout=300)
     assert dry.returncode == 0, dry.stderr[-3000:]
     assert re.search(r"^run\s+1\s*$", dry.stdout + dry.stderr, re.M), dry.stdout[-3000:]
+
+
+def test_a_run_stopped_by_its_time_limit_resumes_and_finishes(cluster, tmp_path):
+    """A run whose budget needs several jobs: each is stopped by its 1-minute time limit
+    (SLURM's SIGTERM; the run saves a checkpoint after its current step), Snakemake's
+    retries resubmit it, and each job resumes where the last one stopped.  The record of the
+    last one lists every segment, and the timed seconds of all of them make the budget."""
+    preset = tmp_path / "long.yaml"
+    budget = 75
+    preset.write_text(yaml.safe_dump({
+        "experiments": {"convergence": {"problems": ["poisson2d"], "optimizers": ["adam"],
+                                        "replicates": 1, "tuned": [],
+                                        "budget": {"steps": None, "seconds": budget}},
+                        "scaling": None, "nystrom": None, "effective_dimension": None},
+        "nystrom_table": None, "tuning": {"studies": {"tunesmoke": None}}}))
+    args = ["--configfile", str(SMOKE), str(preset)]
+    plan = pcfg.plan(pcfg.merge(pcfg.merge(pcfg.load_yaml(REPO / "config" / "default.yaml"),
+                                           pcfg.load_yaml(SMOKE)), pcfg.load_yaml(preset)),
+                     check_optimizers=False)
+    (rid,) = plan.runs
+    # the profile's signal ahead of the limit needs a limit longer than 2 minutes: here the
+    # limit's own SIGTERM (then SIGKILL after KillWait) is what stops each job
+    profile = _profile(cluster, tmp_path / "profile", runtime=1, slurm_extra="")
+    work = tmp_path / "work"
+    since = _now()
+    proc = _snakemake(work, "runs", "--profile", str(profile), "--retries", "6", *args,
+                      timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    jobs = _sacct(since)
+    assert len(jobs) >= 2 and jobs.State.iloc[-1] == "COMPLETED", jobs
+    assert (jobs.State.iloc[:-1] == "TIMEOUT").all(), jobs
+    run_dir = work / "results" / "runs" / rid
+    assert records.is_complete(run_dir) and not (run_dir / "checkpoint").exists()
+    meta = json.loads((run_dir / records.META).read_text())
+    assert meta["status"] == "finished" and meta["stopped_by"] == "max_seconds"
+    segs = meta["segments"]
+    assert len(segs) >= 2, segs
+    assert all(s["ended"] in ("SIGTERM", "lost") for s in segs[:-1]), segs
+    assert segs[-1]["ended"] == "max_seconds"
+    for a, b in zip(segs, segs[1:]):  # each job starts where the last saved checkpoint was
+        assert b["start_step"] <= a["end_step"] and b["start_step"] > 0, segs
+    # a lost segment counts up to its last checkpoint: its later steps were redone
+    assert math.isclose(sum(s["seconds"] for s in segs), meta["seconds"], rel_tol=1e-9)
+    assert meta["seconds"] >= budget and meta["checkpoint"]["resumed_from"] > 0
+    curve = pd.read_csv(run_dir / records.CURVE)
+    assert curve.step.is_monotonic_increasing and curve.step.iloc[-1] == meta["steps"]
+
+
+def test_profile_signals_ahead_of_the_time_limit():
+    prof = yaml.safe_load(PROFILE.read_text())
+    extra = prof["default-resources"]["slurm_extra"]
+    m = re.fullmatch(r"'--signal=TERM@(\d+)'", extra)
+    assert m and 60 <= int(m.group(1)) <= 300, extra  # SLURM may signal up to 60 s early

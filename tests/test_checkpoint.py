@@ -280,3 +280,23 @@ def test_sigterm_to_a_real_process_saves_and_exits_nonzero(tmp_path):
     assert progress["segments"][-1]["ended"] == "SIGTERM" and progress["step"] > 0
     lines = [ln for ln in err.splitlines() if "interrupted" in ln]
     assert len(lines) == 1 and "rerun the same command to resume" in lines[0]
+
+
+def test_plan_lists_the_runs_a_time_limit_stops(capsys):
+    from pinn_ng.cli import main
+    from pinn_ng.pipeline import config as pcfg
+
+    assert main(["plan", "smoke", "--time-limit", "16"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    plan = pcfg.plan(pcfg.merge(pcfg.load_preset(pcfg.preset_path("default")),
+                                pcfg.load_preset(pcfg.preset_path("smoke"))))
+    runs = {**plan.runs, **{r: t["spec"] for r, t in plan.tuned.items()}}
+    over = sorted(r for r, s in runs.items() if pcfg.budget_minutes(s) > 16)
+    head = [ln for ln in err if ln.startswith("time limit 16 min:")]
+    assert head == [f"time limit 16 min: {len(over)} of {len(runs)} runs need longer (budget "
+                    "x 1.5 + 15 min) and will be stopped by SIGTERM, checkpointed and resumed "
+                    "by Snakemake's retries"]
+    listed = sorted(ln.split(":")[0].strip() for ln in err if ln.startswith("  "))
+    assert listed == over and over  # the smoke runs' 17-minute limits exceed 16
+    assert main(["plan", "smoke", "--time-limit", "-5"]) == 2
+    assert "--time-limit must be a positive number" in capsys.readouterr().err

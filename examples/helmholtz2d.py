@@ -1,7 +1,7 @@
 """Helmholtz 2d with Dirichlet data, registered as ``helmholtz2d``.
 
     PINN_NG_PLUGINS=examples/helmholtz2d.py pinn-ng run --problem helmholtz2d \\
-        --optimizer engd_woodbury --max-steps 20 --out runs/helmholtz
+        --optimizer engd_woodbury --hparam damping=1e-8 --max-steps 20 --out runs/helmholtz
 
 −Δu − k²u = f on (0,1)² with k = 2 and u* = sin(πx) sin(2πy), so f = (5π² − k²) u*;
 u = u* on the boundary (the default: no boundary_jet_fn).

@@ -1,7 +1,7 @@
 """A problem without an exact solution, scored against a ``.npz`` reference: ``poisson_box``.
 
     PINN_NG_PLUGINS=examples/npz_reference.py pinn-ng run --problem poisson_box \\
-        --optimizer engd_woodbury --max-steps 20 --out runs/box
+        --optimizer engd_woodbury --hparam damping=1e-8 --max-steps 20 --out runs/box
 
 −Δu = 1 on (0,1)², u = 0 on the boundary (the torsion problem).  No closed form: the errors
 are measured on the points ``x`` of ``data/poisson_box.npz`` against its values ``u``, a

@@ -1,7 +1,7 @@
 """Poisson 2d with a Robin side, registered as ``poisson_robin``.
 
     PINN_NG_PLUGINS=examples/poisson_robin.py pinn-ng run --problem poisson_robin \\
-        --optimizer engd_woodbury --max-steps 20 --out runs/robin
+        --optimizer engd_woodbury --hparam damping=1e-8 --max-steps 20 --out runs/robin
 
 −Δu = (π² − 1) u* on (0,1)² with u* = eˣ sin(πy).  At x = 0 the Robin condition
 ∂u/∂n + u = 0 (outward normal −x: −u_x + u = 0, which u* meets); u = u* on the other sides.

@@ -1,7 +1,7 @@
 """The 1+1d wave equation with an initial value and an initial velocity, as ``wave1d``.
 
     PINN_NG_PLUGINS=examples/wave1d.py pinn-ng run --problem wave1d \\
-        --optimizer engd_woodbury --max-steps 20 --out runs/wave
+        --optimizer engd_woodbury --hparam damping=1e-8 --max-steps 20 --out runs/wave
 
 u_tt − u_xx = 0 on (0,1) × (0,1), inputs (x, t): the operator Σᵢ aᵢ ∂ᵢᵢu with a = (−1, 1).
 u* = sin(πx) (cos(πt) + sin(πt)/π): u(x, 0) = sin(πx), u_t(x, 0) = sin(πx), u = 0 at x = 0, 1.

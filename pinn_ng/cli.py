@@ -105,6 +105,8 @@ def _load_spec(text: str | None, flag: str = "--spec") -> dict:
             raise UsageError(f"{source}: no such file") from None
         except OSError as err:
             raise UsageError(f"{source}: cannot read: {err.strerror or err}") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"{source}: not a text file (not UTF-8)") from None
     try:
         spec = json.loads(text)
     except json.JSONDecodeError as err:

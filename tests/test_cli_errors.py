@@ -222,7 +222,7 @@ def test_debug_flag_and_environment_show_the_traceback(tmp_path, monkeypatch):
 
 
 def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
-    def broken(spec, out_dir, progress=None):
+    def broken(spec, out_dir, **options):  # progress, on_contention, …
         raise KeyError("a bug, not the user's input")
 
     monkeypatch.setattr(runner, "run", broken)

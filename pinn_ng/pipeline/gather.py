@@ -156,6 +156,21 @@ def read_meta(run_dir) -> dict:
     return meta
 
 
+def read_curve(run_dir, meta: dict) -> pd.DataFrame:
+    """A record's ``curve.csv`` with the columns its ``meta.json`` lists; GatherError naming
+    the file (missing, not a CSV table, cut short)."""
+    path = Path(run_dir) / records.CURVE
+    try:
+        curve = pd.read_csv(path)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise GatherError(f"{path}: not a readable CSV table "
+                          f"({getattr(err, 'strerror', None) or err})") from None
+    missing = [c for c in meta.get("columns") or () if c not in curve.columns]
+    if missing:
+        raise GatherError(f"{path}: missing columns {missing} (a truncated file?)")
+    return curve
+
+
 def gather(runs_dir, out_dir, manifest: dict | None = None, strict: bool = False,
            warn=None) -> dict:
     """Read the records (those of ``manifest`` or all complete ones) and write the tables.
@@ -189,6 +204,7 @@ def gather(runs_dir, out_dir, manifest: dict | None = None, strict: bool = False
     for d in dirs:
         try:
             meta = read_meta(d)
+            curve = read_curve(d, meta)
         except GatherError as err:
             if strict:
                 raise GatherError(f"{err} (without --strict it is skipped)") from None
@@ -197,7 +213,6 @@ def gather(runs_dir, out_dir, manifest: dict | None = None, strict: bool = False
             continue
         meta["run_id"] = d.name
         ids = _ids(meta)
-        curve = pd.read_csv(d / records.CURVE)
         for col, val in reversed(list(ids.items())):
             curve.insert(0, col, val)
         curves.append(curve)

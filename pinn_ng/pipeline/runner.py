@@ -54,15 +54,46 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+#: The largest integer a run accepts (sizes, seeds, counts): JAX computes them in int32.
+INT_MAX = 2**31 - 1
+
+
 def _check_int(spec: dict, key: str, minimum: int, what: str) -> None:
     v = spec[key]
     if not _is_int(v) or v < minimum:
         raise SpecError(f"{key} must be {what}, got {v!r}")
+    if v > INT_MAX:
+        raise SpecError(f"{key} {v} is too large (at most {INT_MAX})")
+
+
+def _check_hparams(optimizer: str, hparams: dict) -> None:
+    """Values that cannot be meant, named before anything is built: a non-finite number, an
+    integer beyond int32, or a value of another kind than the hyper-parameter's default (a
+    number, an integer, true/false).  What each optimizer allows beyond that it checks."""
+    from .. import optim
+
+    defaults = optim.hyperparameters(optimizer)
+    for key, v in hparams.items():
+        where, d = f"optimizer {optimizer!r}: hparams.{key}", defaults.get(key)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise SpecError(f"{where} must be a finite number, got {v!r}")
+        if _is_int(v) and abs(v) > INT_MAX:
+            raise SpecError(f"{where} {v} is too large (at most {INT_MAX})")
+        if isinstance(d, bool):
+            if not isinstance(v, bool):
+                raise SpecError(f"{where} must be true or false, got {v!r}")
+        elif _is_int(d) and not _is_int(v):
+            raise SpecError(f"{where} must be an integer, got {v!r}")
+        elif isinstance(d, float) and not (_is_number(v) or (key == "learning_rate"
+                                                              and v == "line_search")):
+            raise SpecError(f"{where} must be a number, got {v!r}")
+        if key == "learning_rate" and _is_number(v) and v <= 0:  # η > 0 for every optimizer
+            raise SpecError(f"{where} must be positive, got {v!r}")
 
 
 def _check_widths(widths, problem) -> list:
     if not isinstance(widths, (list, tuple)) or len(widths) < 2 or \
-            not all(_is_int(w) and w >= 1 for w in widths):
+            not all(_is_int(w) and 1 <= w <= INT_MAX for w in widths):
         raise SpecError(f"widths must be a list of at least two positive integers, got {widths!r}")
     if widths[0] != problem.input_dim or widths[-1] != 1:
         raise SpecError(f"widths {list(widths)} do not fit {problem.name}: the first must be its "
@@ -117,7 +148,8 @@ def complete_spec(spec: dict) -> dict:
     elif out["network"] not in models.names():
         raise SpecError(f"unknown network {out['network']!r}; valid networks: "
                         f"{models.names()}")
-    out["widths"] = _check_widths(out["widths"] or list(problem.widths), problem)
+    out["widths"] = _check_widths(list(problem.widths) if out["widths"] is None
+                                  else out["widths"], problem)
     for key in ("n_interior", "n_boundary"):
         if out[key] is None:
             out[key] = getattr(problem, key)
@@ -142,6 +174,10 @@ def complete_spec(spec: dict) -> dict:
     if not all(isinstance(k, str) and k for k in out["hparams"]):
         raise SpecError(f"hparams keys must be names, got {sorted(map(repr, out['hparams']))}")
     _check_sketch(out["hparams"], out["n_interior"] + out["n_boundary"])
+    _check_hparams(out["optimizer"], out["hparams"])
+    for key in ("label", "display"):  # names in tables, legends and run ids
+        if out[key] is not None and not (isinstance(out[key], str) and out[key].strip()):
+            raise SpecError(f"{key} must be a non-empty name, got {out[key]!r}")
     out["label"] = out["label"] or out["optimizer"]
     out["display"] = out["display"] or out["label"]
     return out
@@ -156,7 +192,7 @@ def make_optimizer(spec: dict, residual_fn):
     name = spec["optimizer"]
     try:
         return optim.make(name, residual_fn, **spec["hparams"])
-    except (ValueError, TypeError, KeyError) as err:
+    except (ValueError, TypeError, KeyError, OverflowError) as err:
         msg = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
         if f"optimizer {name!r}" not in msg:
             msg = f"optimizer {name!r}: {msg}"

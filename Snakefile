@@ -16,6 +16,7 @@
 import json
 import os
 import re
+import shlex
 import sys
 
 from snakemake.exceptions import WorkflowError
@@ -51,6 +52,8 @@ ON_CONTENTION = PLAN.config.get("on_contention", "mark")
 # every job's JAX (runs, trials, the Nyström table) shares one persistent compilation cache
 os.environ.update(PLAN.compilation_cache_env())
 os.environ.update(PLAN.plugins_env())
+# The paper's logged histories sit beside this Snakefile, not in an installed pinn-ng.
+PAPER_DIR = shlex.quote(os.path.join(workflow.basedir, "results", "reference", "paper"))
 
 
 
@@ -341,6 +344,7 @@ rule figure:
                labels={"figure": "{figure}"}),
     shell:
         "pinn-ng figures --results {RES} --figure {wildcards.figure} --out {output:q} "
+        "--paper-dir {PAPER_DIR} "
         "--dpi {DPI}"
 
 
@@ -376,4 +380,4 @@ rule paper_comparison:
                         category="Tables", labels={"table": "paper_equal_steps.md"}),
         steps_csv=f"{RES}/paper_equal_steps.csv",
     shell:
-        "pinn-ng compare --results {RES} --out {output.md:q}"
+        "pinn-ng compare --results {RES} --out {output.md:q} --paper-dir {PAPER_DIR}"

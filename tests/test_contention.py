@@ -48,8 +48,9 @@ def test_probes_from_synthetic_snapshots():
 
 @pytest.mark.parametrize("load, contended", [
     ({"wait_share": 0.02, "steal_share": 0.0}, False),
-    ({"wait_share": 0.10, "steal_share": 0.10}, False),  # the thresholds themselves pass
-    ({"wait_share": 0.35, "steal_share": 0.0}, True),
+    ({"wait_share": 0.30, "steal_share": 0.0}, False),  # a run alone: its own threads queue
+    ({"wait_share": 0.50, "steal_share": 0.10}, False),  # the thresholds themselves pass
+    ({"wait_share": 0.82, "steal_share": 0.0}, True),  # next to other work
     ({"wait_share": 0.0, "steal_share": 0.25}, True),
     ({"wait_share": None, "steal_share": None}, False),  # no /proc: never flagged
 ])
@@ -63,6 +64,7 @@ def test_rule_on_synthetic_probes(load, contended):
 
 def test_rule_thresholds_can_be_overridden():
     assert contention.verdict({"wait_share": 0.05}, {"wait_share": 0.01})[0] is True
+    assert contention.verdict({"wait_share": 0.05})[0] is False
 
 
 @pytest.mark.skipif(not LINUX, reason="reads /proc")

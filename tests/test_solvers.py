@@ -352,7 +352,7 @@ def test_inject_hyperparams_spring_at_the_published_line_search_setting(tiny):
 
 
 @pytest.mark.parametrize("c", [1e-6, 1e2])
-def test_norm_constraint_is_optax_clipping_with_the_reference_numbers(c):
+def test_norm_constraint_matches_the_dense_reference(c):
     """u · min(1, √C/‖u‖) on a pytree, as a dense float64 reference computes it, capped
     (C = 1e-6) and not (C = 1e2), with a scheduled C and the factor recorded."""
     rng = np.random.default_rng(9)

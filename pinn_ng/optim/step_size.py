@@ -140,14 +140,13 @@ class NormConstraintState(NamedTuple):
 
 
 def scale_by_norm_constraint(norm_constraint) -> optax.GradientTransformationExtraArgs:
-    """Cap the update's norm at √C: ``optax.clip_by_global_norm(√C)`` with a C that may vary.
+    """Cap the update's norm at √C: u ← u · min(1, √C/‖u‖).
 
     After ``optax.scale_by_learning_rate(η)`` this is the SPRING reference code's step
     θ ← θ − min(η, √C/‖d‖)·d (C = 1e-3 there; the paper writes the cap as C/‖φ‖).  The paper's
     reference code applies the cap only with a fixed η, not after the grid line search, and
     :func:`step_size_chain` does the same; chain it after the line search yourself if wanted.
-    ``norm_constraint`` (C > 0) may be a number, an array or a schedule of the step count.  The
-    state records the factor min(1, √C/‖u‖) applied, for the ``step_size`` diagnostic.
+    ``norm_constraint`` (C > 0) may be a number, an array or a schedule of the step count.
     """
     check_scalar_or_schedule("norm_constraint (C)", norm_constraint, 0.0, lo_open=True)
 
@@ -157,14 +156,12 @@ def scale_by_norm_constraint(norm_constraint) -> optax.GradientTransformationExt
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
-        dtype = state.norm_scale.dtype
-        max_norm = jnp.sqrt(value_at(norm_constraint, state.count, dtype))
-        # optax's clipping does the capping; a C that may change every step (a schedule, an
-        # injected hyper-parameter) is why the clip is built per step
-        clipped, _ = optax.clip_by_global_norm(max_norm).update(updates, optax.EmptyState())
-        norm = optax.tree.norm(updates)
-        scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, jnp.finfo(dtype).tiny))
-        return clipped, NormConstraintState(state.count + 1, scale)
+        flat, unravel = ravel_pytree(updates)
+        dtype = flat.dtype
+        c = value_at(norm_constraint, state.count, dtype)
+        norm = jnp.linalg.norm(flat)
+        scale = jnp.minimum(1.0, jnp.sqrt(c) / jnp.maximum(norm, jnp.finfo(dtype).tiny))
+        return unravel(scale * flat), NormConstraintState(state.count + 1, scale)
 
     return optax.GradientTransformationExtraArgs(init, update)
 

@@ -148,7 +148,7 @@ def test_convergence_figure_marks_contended_runs(tmp_path):
     plt, sns = figures._setup()
     fig = figures.fig_convergence(tables, plt, sns, figures._palette(tables), "poisson2d")
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert any("measured under contention (1 runs)" in t for t in labels)
+    assert any("dashed: contended (1 run)" in t for t in labels)
     dashed = [ln for ln in fig.axes[0].get_lines() if ln.get_linestyle() == "--"]
     assert len(dashed) >= 2  # the contended replicate and its legend entry
     plt.close(fig)

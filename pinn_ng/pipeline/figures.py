@@ -311,7 +311,8 @@ def fig_convergence(tables, plt, sns, palette, problem):
                     ax.plot(r[x], r.l2, color=color, linestyle="--", linewidth=0.9)
         if contended:
             ax.plot([], [], color="0.3", linestyle="--",
-                    label=f"dashed: measured under contention ({len(contended)} runs)")
+                    label=f"dashed: contended ({len(contended)} run"
+                    f"{'s' if len(contended) > 1 else ''})")
         _published_reference(ax, problem)
         ax.set(yscale="log", xlabel=xlabel, ylabel="L2 error (RMS)")
         if x == "step":  # first-order methods take 100× more steps: symmetric log axis

@@ -169,6 +169,8 @@ def complete_spec(spec: dict) -> dict:
     if ce is not None and (not _is_number(ce) or ce < 0):
         raise SpecError(f"checkpoint_every must be a number of seconds >= 0 (0: only on "
                         f"SIGTERM/SIGINT), got {ce!r}")
+    if ce is None:
+        del out["checkpoint_every"]  # the default stays out of the record (and of config ids)
     if not isinstance(out["dtype"], str) or out["dtype"].lower() not in DTYPES:
         raise SpecError(f"unknown dtype {out['dtype']!r}; valid: {list(DTYPES)}")
     if not all(isinstance(k, str) and k for k in out["hparams"]):

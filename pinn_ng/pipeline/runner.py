@@ -87,8 +87,9 @@ def _check_hparams(optimizer: str, hparams: dict) -> None:
         elif isinstance(d, float) and not (_is_number(v) or (key == "learning_rate"
                                                               and v == "line_search")):
             raise SpecError(f"{where} must be a number, got {v!r}")
-        if key == "learning_rate" and _is_number(v) and v <= 0:  # η > 0 for every optimizer
-            raise SpecError(f"{where} must be positive, got {v!r}")
+        if key == "learning_rate" and v is not None and not (
+                (_is_number(v) and v > 0) or v == "line_search"):  # η > 0 for every optimizer
+            raise SpecError(f"{where} must be a positive number or 'line_search', got {v!r}")
 
 
 def _check_widths(widths, problem) -> list:

@@ -104,3 +104,32 @@ def test_share_device_sets_a_fraction_unless_the_user_did():
     assert memory.share_device(1, {}) is None
     mine = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
     assert memory.share_device(4, mine) is None and len(mine) == 1
+
+
+def test_lower_bound_counts_the_arrays_the_step_must_hold():
+    base = {"problem": "poisson2d", "widths": [2, 8, 1], "n_interior": 30, "n_boundary": 10,
+            "max_steps": 1}
+    n, p = 40, 8 * 2 + 8 + 8 + 1
+    need, what = runner.lower_bound_bytes(dict(base, optimizer="engd_woodbury",
+                                               hparams={"damping": 1e-8}))
+    assert need == (n * p + n * n) * 8 and "K (40 x 40)" in what
+    need, _ = runner.lower_bound_bytes(dict(base, optimizer="spring", dtype="float32", hparams={
+        "damping": 1e-8, "momentum": 0.3, "solver": "nystrom", "sketch_size": 4}))
+    assert need == n * p * 4
+    need, what = runner.lower_bound_bytes(dict(base, optimizer="engd", hparams={"damping": 1e-8}))
+    assert need == (n * p + p * p) * 8 and "Gramian" in what
+    assert runner.lower_bound_bytes(dict(base, optimizer="adam",
+                                         hparams={"learning_rate": 1e-3}))[0] == 0
+
+
+def test_a_batch_far_too_large_stops_before_compiling(monkeypatch, tmp_path):
+    monkeypatch.setattr(memory, "available", lambda device=None: (10 * 1024**3, "MemAvailable"))
+    compiled = []
+    monkeypatch.setattr(runner, "estimate_memory", lambda spec: compiled.append(spec))
+    spec = {"problem": "poisson5d", "optimizer": "engd_woodbury", "n_interior": 1_000_000,
+            "hparams": {"damping": 3.17e-12, "learning_rate": "line_search"}, "max_steps": 1}
+    with pytest.raises(UserError) as info:
+        runner.run(spec, tmp_path / "run", progress=False)
+    msg = str(info.value)
+    assert "\n" not in msg and "needs at least 7,533.1 GiB" in msg and "K (1,000,500" in msg
+    assert not compiled and not records.is_complete(tmp_path / "run")

@@ -275,6 +275,44 @@ def estimate_memory(spec: dict) -> dict | None:
     return memory.estimate(jax.jit(step).lower(params, state, k).compile())
 
 
+def lower_bound_bytes(spec: dict) -> tuple[int, str]:
+    """Bytes the step must hold at the least, from the spec's sizes alone, and what they are:
+    J (N x P) for the sample-space methods, plus K (N x N) when the solver factorises it, or
+    the P x P Gramian for ENGD.  Instant, so a batch far too large is refused before XLA spends
+    minutes compiling it."""
+    from .. import models
+
+    spec = complete_spec(spec)
+    n, p = spec["n_interior"] + spec["n_boundary"], models.n_params(spec["widths"])
+    item = 4 if spec["dtype"].lower() in ("float32", "f32", "single") else 8
+    name, solver = spec["optimizer"], spec["hparams"].get("solver", "cholesky")
+    if name in ("engd_woodbury", "spring"):
+        if isinstance(solver, str) and solver != "cholesky":
+            return n * p * item, f"J ({n:,} x {p:,})"
+        return (n * p + n * n) * item, f"J ({n:,} x {p:,}) and K ({n:,} x {n:,})"
+    if name == "engd":
+        return (n * p + p * p) * item, f"J ({n:,} x {p:,}) and the Gramian ({p:,} x {p:,})"
+    return 0, ""
+
+
+def precheck_memory(spec: dict) -> None:
+    """Refuse a run whose step cannot fit by its arrays' sizes alone (:func:`lower_bound_bytes`),
+    with one line, before compiling it; the compiled step's own estimate checks the rest."""
+    from .. import memory
+
+    need, what = lower_bound_bytes(spec)
+    if not need:
+        return
+    avail, source = memory.available()
+    if avail is None or need <= avail:
+        return
+    spec = complete_spec(spec)
+    raise SpecError(
+        f"the training step at N = {spec['n_interior'] + spec['n_boundary']:,} needs at least "
+        f"{need / memory.GIB:,.1f} GiB for {what} alone, but only {avail / memory.GIB:.2f} GiB "
+        f"are available ({source}); to shrink it: {memory_hint(spec)}")
+
+
 class _RunCheckpointer:
     """The run directory's checkpoint: an unreadable one is set aside (kept as
     ``checkpoint.unusable``) and the run starts over, which the record then says; one written
@@ -367,6 +405,8 @@ def run(spec: dict, out_dir, progress=None, on_contention: str = "mark", *, stop
         except memory.MemoryGuardError as err:
             raise SpecError(str(err)) from None
 
+    if memory_check:
+        precheck_memory(spec)
     monitor = contention.Monitor().start()
     try:
         result = train.train(

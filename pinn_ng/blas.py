@@ -119,13 +119,12 @@ def kernel_lower(parts, backend: str | None = None):
     import jax
     import jax.numpy as jnp
 
-    from .gram import kernel_lower_from_jacobian
-
     parts = [parts] if hasattr(parts, "shape") else list(parts)
     dtype = parts[0].dtype
     if (kernel_backend(backend) == "xla"
             or dtype not in (jnp.float32, jnp.float64)):
-        return kernel_lower_from_jacobian(parts, mirror=False, backend="xla")
+        # pinn_ng.gram's row blocks are the memory-lean XLA route; this one is the plain product
+        return jnp.tril(sum(j @ j.T for j in parts))
     n = parts[0].shape[0]
     call = jax.ffi.ffi_call(_FFI_TARGET, jax.ShapeDtypeStruct((n, n), dtype))
     return call(*parts)

@@ -12,7 +12,7 @@ PKG = Path(__file__).resolve().parents[1] / "pinn_ng"
 #: layer of each first-level module; a module may import only from its layer or below.
 LAYERS = {
     "precision": 0, "blas": 0, "gram": 0, "metrics": 0, "models": 0, "operators": 0,
-    "registry": 0,
+    "registry": 0, "memory": 0,
     "problems": 1, "channels": 1,
     "residuals": 2,
     "optim": 3,

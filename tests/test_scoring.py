@@ -249,3 +249,15 @@ def test_leaderboard_ties_share_a_rank():
         label="D", display="opt D", run_id=lambda d: d.run_id + "_d")])
     board = scoring.leaderboard(table)
     assert list(zip(board["rank"], board.label)) == [(1, "A"), (2, "B"), (3, "C"), (3, "D")]
+
+
+def test_leaderboard_says_not_run_where_an_optimizer_has_no_run():
+    table = _table()
+    only_p = table[table.label == "C"].iloc[:1]
+    table = pd.concat([table, only_p.assign(label="E", display="opt E",
+                                            run_id=lambda d: d.run_id + "_e")])
+    exps = pd.DataFrame({"experiment": "convergence", "kind": "convergence",
+                         "run_id": table.run_id})
+    line = [ln for ln in scoring.leaderboard_markdown(table, exps).splitlines()
+            if "| opt E |" in ln][0]
+    assert line.count("not run") == 1 and "diverged" not in line

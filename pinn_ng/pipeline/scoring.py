@@ -249,7 +249,7 @@ def leaderboard(summary: pd.DataFrame, curves: pd.DataFrame | None = None,
         for problem, s in summary.groupby("problem", sort=True):
             runs = s.run_id[s.label == lab]
             row[f"final_{problem}"] = float(np.nanmedian(final[runs])) if len(runs) and \
-                np.isfinite(final[runs]).any() else (math.nan if len(runs) else None)
+                np.isfinite(final[runs]).any() else (math.nan if len(runs) else NOT_RUN)
         rows.append(row)
     out = pd.DataFrame(rows)
     out = out.assign(_a=out.area.fillna(-1.0)).sort_values(
@@ -261,9 +261,13 @@ def leaderboard(summary: pd.DataFrame, curves: pd.DataFrame | None = None,
     return out
 
 
+#: The final-error cell of an optimizer that has no run on that problem.
+NOT_RUN = "not run"
+
+
 def _fmt(v) -> str:
-    if v is None:
-        return "–"
+    if v is None or isinstance(v, str):
+        return v or "–"
     if isinstance(v, float) and not math.isfinite(v):
         return "diverged" if math.isnan(v) else "inf"
     return f"{v:.2e}"

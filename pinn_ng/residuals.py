@@ -327,15 +327,7 @@ def _structured(problem: Problem):
             lin = _concat(*linearize_by_kind(problem, params, batch))
             return lin, lin.r.shape[0]
 
-        def residual_and_jacobian_general(params, batch):
-            lin, _ = linearize_general(params, batch)
-            return lin.r, channels.jacobian(lin)
-
-        def sample_space_general(params, batch):
-            lin, n = linearize_general(params, batch)
-            return SampleSpace(lin.r, *channels.kernel_products(lin, n))
-
-        return residual, rows, residual_and_jacobian_general, sample_space_general
+        return (residual, rows) + _jacobian_and_kernel(linearize_general)
 
     def linearize_all(params, batch):
         # one pass over all N points (boundary points carry unused derivative channels):
@@ -352,15 +344,22 @@ def _structured(problem: Problem):
 
         return channels.linearize(params, x, lap_dims, residual_of_jet, scale, weights), n_i
 
+    return (residual, rows) + _jacobian_and_kernel(linearize_all)
+
+
+def _jacobian_and_kernel(linearize):
+    """(r, J) and the sample-space products from ``linearize(params, batch) -> (lin, n)``
+    (``n``: the rows before which K's blocks are split)."""
+
     def residual_and_jacobian(params, batch):
-        lin, _ = linearize_all(params, batch)
+        lin, _ = linearize(params, batch)
         return lin.r, channels.jacobian(lin)
 
     def sample_space(params, batch):
-        lin, n_i = linearize_all(params, batch)
-        return SampleSpace(lin.r, *channels.kernel_products(lin, n_i))
+        lin, n = linearize(params, batch)
+        return SampleSpace(lin.r, *channels.kernel_products(lin, n))
 
-    return residual, rows, residual_and_jacobian, sample_space
+    return residual_and_jacobian, sample_space
 
 
 class ResidualFn:

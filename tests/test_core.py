@@ -142,7 +142,12 @@ def test_unknown_laplacian_method():
         operators.laplacian(jnp.sum, method="finite_differences")
 
 
-@pytest.mark.parametrize("name", PATHS)
+#: Problems that share a factory and a derivative path with a default case run with -m slow.
+_SLOW_PATHS = ("heat10d", "poisson10d", "poisson100d")
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.slow) if n in _SLOW_PATHS else n for n in PATHS])
 def test_jacobian_matches_jacfwd_and_products(name):
     """Both residual paths (channels of the MLP, per-point folx) against jax.jacfwd of the
     plain batched residual: r to 1e-12, J and the products to 1e-10 (a few hundred flops per

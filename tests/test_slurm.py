@@ -282,6 +282,8 @@ def test_a_run_killed_by_its_time_limit_is_reported_and_rerun(cluster, tmp_path)
     assert re.search(r"^run\s+1\s*$", dry.stdout + dry.stderr, re.M), dry.stdout[-3000:]
 
 
+@pytest.mark.skip(reason="not yet run against a real SLURM; enable it after a first run "
+                  "with cluster/local-slurm.sh up")
 def test_a_run_stopped_by_its_time_limit_resumes_and_finishes(cluster, tmp_path):
     """A run whose budget needs several jobs: each is stopped by its 1-minute time limit
     (SLURM's SIGTERM; the run saves a checkpoint after its current step), Snakemake's

@@ -126,7 +126,7 @@ def test_cholesky_warm_start_carries_the_rung_and_none_reports_failure():
     (Nystrom(4), {"nystrom_shift", "shift_grown"}),
     (NystromGPU(4, shift=1e-7), {"nystrom_shift", "shift_grown"}),
     (NystromPCG(4), {"nystrom_shift", "shift_grown"}),
-], ids=str)
+], ids=lambda v: ",".join(sorted(v)) if isinstance(v, set) else str(v))
 def test_each_solver_reports_its_own_events(solver, events):
     """``events`` names what ``solve`` returns, and the empty diagnostics hold exactly those
     fields (plus ``nonfinite``, which every step reports)."""

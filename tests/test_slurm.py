@@ -255,7 +255,8 @@ def test_a_run_killed_by_its_time_limit_is_reported_and_rerun(cluster, tmp_path)
                      check_optimizers=False)
     (rid,) = plan.runs
     assert pcfg.budget_minutes(plan.runs[rid]) == 21  # what the Snakefile would ask for
-    profile = _profile(cluster, tmp_path / "profile", runtime=1)  # ... but 1 minute it is
+    # ... but 1 minute it is, and no signal ahead of it (the profile's 2 minutes exceed it)
+    profile = _profile(cluster, tmp_path / "profile", runtime=1, slurm_extra="")
     work = tmp_path / "work"
     since = _now()
     proc = _snakemake(work, "runs", "--profile", str(profile), *args, timeout=600)

@@ -256,7 +256,7 @@ def test_a_run_killed_by_its_time_limit_is_reported_and_rerun(cluster, tmp_path)
     (rid,) = plan.runs
     assert pcfg.budget_minutes(plan.runs[rid]) == 21  # what the Snakefile would ask for
     # ... but 1 minute it is, and no signal ahead of it (the profile's 2 minutes exceed it)
-    profile = _profile(cluster, tmp_path / "profile", runtime=1, slurm_extra="")
+    profile = _profile(cluster, tmp_path / "profile", runtime=1, slurm_extra="''")
     work = tmp_path / "work"
     since = _now()
     proc = _snakemake(work, "runs", "--profile", str(profile), *args, timeout=600)
@@ -305,7 +305,7 @@ def test_a_run_stopped_by_its_time_limit_resumes_and_finishes(cluster, tmp_path)
     (rid,) = plan.runs
     # the profile's signal ahead of the limit needs a limit longer than 2 minutes: here the
     # limit's own SIGTERM (then SIGKILL after KillWait) is what stops each job
-    profile = _profile(cluster, tmp_path / "profile", runtime=1, slurm_extra="")
+    profile = _profile(cluster, tmp_path / "profile", runtime=1, slurm_extra="''")
     work = tmp_path / "work"
     since = _now()
     proc = _snakemake(work, "runs", "--profile", str(profile), "--retries", "6", *args,

@@ -209,7 +209,7 @@ def test_each_run_is_one_slurm_job_with_its_budget_time_limit(smoke):
 
 
 def test_tables_and_figures_equal_a_local_run_but_for_timings(smoke):
-    root = smoke[0]
+    root, _, plan, _ = smoke
     compared = 0
     for name in ("curves", "summary", "summary_by_config", "experiments", "nystrom_table"):
         a = pd.read_csv(root / "slurm" / "results" / f"{name}.csv")
@@ -226,7 +226,9 @@ def test_tables_and_figures_equal_a_local_run_but_for_timings(smoke):
     assert {"final_l2", "best_l2", "steps"} <= set(summary.columns)  # not all "timings"
     figs = sorted(p.name for p in (root / "slurm" / "figures").glob("*.png"))
     assert figs == sorted(p.name for p in (root / "local" / "figures").glob("*.png"))
-    assert len(figs) == 6  # 4 of the experiments, 2 of the tuning study
+    # every figure the plan names (the experiments' and the tuning study's), and no other
+    assert figs == sorted(f"{name}.png" for name in plan.figures + plan.tuning_figures)
+    assert len(figs) == 8  # 6 of the experiments, 2 of the tuning study
     from PIL import Image
 
     for fig in figs:  # drawn from the same tables but for the time axes: same canvas

@@ -49,6 +49,9 @@ DPI = PLAN.config.get("figure_dpi", 110)
 GPUS = int(PLAN.config.get("gpus_per_run", 0) or 0)
 DEVICE = PLAN.config.get("device", "any")
 ON_CONTENTION = PLAN.config.get("on_contention", "mark")
+# the preset's `checkpoint_every` (absent: each run's default); not part of any run id
+CHECKPOINT = ("" if PLAN.config.get("checkpoint_every") is None
+              else f"--checkpoint-every {float(PLAN.config['checkpoint_every']):g} ")
 # every job's JAX (runs, trials, the Nyström table) shares one persistent compilation cache
 os.environ.update(PLAN.compilation_cache_env())
 os.environ.update(PLAN.plugins_env())
@@ -183,7 +186,8 @@ rule run:
         runtime=lambda wc: pcfg.budget_minutes(RUNS[wc.run_id]),
     shell:
         "PINN_NG_CORES={threads} pinn-ng run --no-progress --device {DEVICE} "
-        "--on-contention {ON_CONTENTION} --spec {params.spec:q} --out {params.out:q} 2> {log:q}"
+        "--on-contention {ON_CONTENTION} {CHECKPOINT}--spec {params.spec:q} "
+        "--out {params.out:q} 2> {log:q}"
 
 
 rule tuned_run:
@@ -205,7 +209,7 @@ rule tuned_run:
         runtime=lambda wc: pcfg.budget_minutes(TUNED[wc.tuned_id]["spec"]),
     shell:
         "PINN_NG_CORES={threads} pinn-ng tune final --best {input.best:q} "
-        "--search {params.search:q} --on-contention {ON_CONTENTION} "
+        "--search {params.search:q} --on-contention {ON_CONTENTION} {CHECKPOINT}"
         "--spec {params.spec:q} --out {params.out:q} 2> {log:q}"
 
 

@@ -290,14 +290,16 @@ def _cmd_plan(args) -> int:
     print(pcfg.device_hours(plan).describe(), file=sys.stderr)
     runs = list(plan.runs.items()) + [(r, t["spec"]) for r, t in plan.tuned.items()]
     if args.time_limit is not None:
-        _plan_time_limit(runs, args.time_limit, pcfg.budget_minutes)
+        _plan_time_limit(runs, args.time_limit, pcfg.budget_minutes,
+                         plan.config.get("checkpoint_every"))
     if args.memory:
         _plan_memory([s for _, s in runs])
     return 0
 
 
-def _plan_time_limit(runs, limit: float, budget_minutes) -> None:
-    """Which runs a partition's time limit will stop: they are resumed from checkpoints."""
+def _plan_time_limit(runs, limit: float, budget_minutes, checkpoint_every=None) -> None:
+    """Which runs a partition's time limit will stop: they are resumed from checkpoints
+    (every ``checkpoint_every`` seconds, the preset's key, else each run's default)."""
     from .pipeline import runner
 
     if not limit > 0:
@@ -307,7 +309,8 @@ def _plan_time_limit(runs, limit: float, budget_minutes) -> None:
           "x 1.5 + 15 min) and will be stopped by SIGTERM, checkpointed and resumed by "
           "Snakemake's retries", file=sys.stderr)
     for rid, s in over:
-        every = runner.checkpoint_seconds(runner.complete_spec(s))
+        every = runner.checkpoint_seconds(runner.complete_spec(
+            s if checkpoint_every is None else {**s, "checkpoint_every": checkpoint_every}))
         print(f"  {rid}: {budget_minutes(s)} min, about "
               f"{-(-budget_minutes(s) // int(limit))} jobs; checkpoint every "
               f"{f'{every:g} s' if every else 'SIGTERM only'}", file=sys.stderr)
@@ -484,6 +487,10 @@ ON_CONTENTION_FLAG = dict(
     help="a run measured under contention (pinn_ng.pipeline.contention): mark = flag it in "
     "the record, tables and figures (default); warn = also print a warning; fail = record it "
     "as failed and exit 1")
+CHECKPOINT_FLAG = dict(
+    type=float, metavar="SECONDS",
+    help="save a checkpoint every SECONDS of wall-clock time (0: only on SIGTERM/SIGINT; "
+    "default 300, none for time budgets under 10 minutes)")
 PAPER_DIR_HELP = ("the paper authors' logged histories (runs.csv and one CSV per run; "
                   "default: the repository's results/reference/paper)")
 
@@ -529,9 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="refuse to start unless JAX sees this device (default: any)")
     sp.add_argument("--out", required=True, help="run record directory (a rerun with the "
                     "same --out resumes from its checkpoint)")
-    sp.add_argument("--checkpoint-every", type=float, metavar="SECONDS",
-                    help="save a checkpoint every SECONDS of wall-clock time (0: only on "
-                    "SIGTERM/SIGINT; default 300, none for time budgets under 10 minutes)")
+    sp.add_argument("--checkpoint-every", **CHECKPOINT_FLAG)
     sp.add_argument("--no-memory-check", action="store_true",
                     help="run even if the compiled step's memory estimate exceeds what the "
                     "device has available")
@@ -635,6 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--spec", required=True, help="the run spec without tuned values (JSON)")
     sp.add_argument("--out", required=True)
     sp.add_argument("--on-contention", **ON_CONTENTION_FLAG)
+    sp.add_argument("--checkpoint-every", **CHECKPOINT_FLAG)
     sp.set_defaults(func=_cmd_tune_final)
     sp = tsub.add_parser("figure", help="sensitivity / best-so-far figure of a study")
     sp.add_argument("--best", required=True)

@@ -300,3 +300,29 @@ def test_plan_lists_the_runs_a_time_limit_stops(capsys):
     assert listed == over and over  # the smoke runs' 17-minute limits exceed 16
     assert main(["plan", "smoke", "--time-limit", "-5"]) == 2
     assert "--time-limit must be a positive number" in capsys.readouterr().err
+
+
+def test_preset_key_checkpoint_every_reaches_every_run_and_changes_no_run_id(tmp_path):
+    """`checkpoint_every` in a preset becomes each run's `--checkpoint-every` (runs and tuned
+    runs); run ids stay those of the preset without it, so finished records stay valid."""
+    repo = Path(__file__).resolve().parents[1]
+
+    def dry(*config):
+        proc = subprocess.run(
+            [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "-d",
+             str(tmp_path), "-n", "-p", "--cores", "1", "--configfile",
+             str(repo / "config" / "smoke.yaml"), *(("--config", *config) if config else ())],
+            capture_output=True, text=True, timeout=300)
+        return proc, [ln for ln in (proc.stdout + proc.stderr).splitlines()
+                      if "pinn-ng run " in ln or "pinn-ng tune final " in ln]
+
+    proc, plain = dry()
+    assert proc.returncode == 0 and plain, proc.stderr[-2000:]
+    assert not any("--checkpoint-every" in ln for ln in plain)
+    proc, every = dry("checkpoint_every=45")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(every) == len(plain) and all("--checkpoint-every 45 " in ln for ln in every)
+    assert sorted(ln.replace("--checkpoint-every 45 ", "") for ln in every) == sorted(plain)
+    proc, _ = dry("checkpoint_every=-1")
+    assert proc.returncode != 0
+    assert "checkpoint_every" in proc.stderr and "Traceback" not in proc.stderr

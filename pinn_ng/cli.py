@@ -612,16 +612,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
     sp.set_defaults(func=_cmd_tune_trials)
     sp = tsub.add_parser("trial", help="run one trial of a trial table (one run record)")
-    sp.add_argument("--trials", required=True, help="trials.csv")
-    sp.add_argument("--trial", required=True, help="trial id")
-    sp.add_argument("--out", required=True, help="run record directory")
+    _required(sp, {"--trials": "trials.csv", "--trial": "trial id",
+                   "--out": "run record directory"})
     sp.add_argument("--on-contention", **ON_CONTENTION_FLAG)
     sp.set_defaults(func=_cmd_tune_trial)
     sp = tsub.add_parser("failed", help="record a trial whose process died as failed")
     sp.add_argument("--exit-status", type=int, required=True)
-    sp.add_argument("--trials", required=True)
-    sp.add_argument("--trial", required=True)
-    sp.add_argument("--out", required=True)
+    _required(sp, {"--trials": "trials.csv", "--trial": "trial id",
+                   "--out": "run record directory"})
     sp.add_argument("--log", help="the trial's log (its last line goes into the reason)")
     sp.set_defaults(func=_cmd_tune_failed)
     sp = tsub.add_parser("select", help="rank trials: best.json, table, results.csv")
@@ -629,27 +627,30 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--trials", action="append", required=True, help="a stage's trials.csv")
     sp.add_argument("--runs", action="append", required=True,
                     help="that stage's run records directory")
-    sp.add_argument("--best", required=True)
-    sp.add_argument("--table", required=True)
-    sp.add_argument("--results", required=True)
+    _required(sp, {"--best": "best.json to write", "--table": "the study's table (markdown)",
+                   "--results": "every trial's result (CSV)"})
     sp.add_argument("--log", help="also write the warnings here")
     sp.set_defaults(func=_cmd_tune_select)
     sp = tsub.add_parser("final", help="run a search's best configuration")
-    sp.add_argument("--best", required=True, help="best.json")
-    sp.add_argument("--search", required=True, help="PROBLEM:LABEL:N of the search")
-    sp.add_argument("--spec", required=True, help="the run spec without tuned values (JSON)")
-    sp.add_argument("--out", required=True)
+    _required(sp, {"--best": "best.json", "--search": "PROBLEM:LABEL:N of the search",
+                   "--spec": "the run spec without tuned values (JSON)",
+                   "--out": "run record directory"})
     sp.add_argument("--on-contention", **ON_CONTENTION_FLAG)
     sp.add_argument("--checkpoint-every", **CHECKPOINT_FLAG)
     sp.set_defaults(func=_cmd_tune_final)
     sp = tsub.add_parser("figure", help="sensitivity / best-so-far figure of a study")
-    sp.add_argument("--best", required=True)
-    sp.add_argument("--results", required=True)
-    sp.add_argument("--figure", required=True, help="sensitivity_<study> or best_so_far_<study>")
-    sp.add_argument("--out", required=True)
+    _required(sp, {"--best": "best.json", "--results": "the study's results.csv",
+                   "--figure": "sensitivity_<study> or best_so_far_<study>",
+                   "--out": "the figure (PNG)"})
     sp.add_argument("--dpi", type=int, default=110)
     sp.set_defaults(func=_cmd_tune_figure)
     return parser
+
+
+def _required(sp, helps: dict) -> None:
+    """Required options of one value each (files and names), with their help texts."""
+    for flag, text in helps.items():
+        sp.add_argument(flag, required=True, help=text)
 
 
 def _one_line(err: BaseException) -> str:

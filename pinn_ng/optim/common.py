@@ -8,6 +8,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 
 class Diagnostics(NamedTuple):
@@ -116,9 +117,10 @@ def is_static_zero(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0
 
 
-def require_first(name: str, updates, params, batch) -> None:
+def require_first(name: str, updates, params, batch):
     """Blocks that build their direction from r and J must come first in a chain, be called
-    with ``updates=None`` (never silently drop incoming updates) and get params and batch."""
+    with ``updates=None`` (never silently drop incoming updates) and get params and batch.
+    Returns ``ravel_pytree(params)``: the flat parameters and how to unflatten a direction."""
     if updates is not None:
         raise ValueError(
             f"{name} builds its direction from the residuals r and their Jacobian J, not from "
@@ -127,6 +129,7 @@ def require_first(name: str, updates, params, batch) -> None:
             "of an earlier transform such as clipping): put such transforms after it.")
     if params is None or batch is None:
         raise ValueError(f"{name} needs update(None, state, params, batch=batch)")
+    return ravel_pytree(params)
 
 
 def check_damping(damping):

@@ -62,8 +62,7 @@ def scale_by_engd(residual_fn, damping, *, ema: float = 0.0, init_identity: bool
 
     def update(updates, state, params=None, *, batch=None, **extra_args):
         del extra_args
-        require_first("scale_by_engd", updates, params, batch)
-        flat, unravel = ravel_pytree(params)
+        flat, unravel = require_first("scale_by_engd", updates, params, batch)
         lam = value_at(damping, state.count, flat.dtype)
         r, jac = op.residual_and_jacobian(params, batch)
         gram = jac.T @ jac

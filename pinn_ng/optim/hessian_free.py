@@ -188,8 +188,7 @@ def hessian_free(residual_fn, damping: float = 0.1, cg_max_iter: int = 250,
 
     def update(updates, state, params=None, *, batch=None, **extra_args):
         del extra_args
-        require_first("hessian_free", updates, params, batch)
-        flat, unravel = ravel_pytree(params)
+        flat, unravel = require_first("hessian_free", updates, params, batch)
         # one forward pass; every CG product below reuses its linearisation
         r, jv, jtu = op.linearize(params, batch)
         loss0 = 0.5 * jnp.dot(r, r)

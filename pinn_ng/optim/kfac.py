@@ -193,8 +193,7 @@ def scale_by_kfac(residual_fn, damping, ema_decay=DEFAULT_EMA_DECAY,
 
     def update(updates, state, params=None, *, batch=None, **extra_args):
         del extra_args
-        require_first(name, updates, params, batch)
-        flat, unravel = ravel_pytree(params)
+        flat, unravel = require_first(name, updates, params, batch)
         dtype = flat.dtype
         lam = value_at(damping, state.count, dtype)
         beta = jnp.asarray(ema_decay, dtype)

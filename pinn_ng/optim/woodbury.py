@@ -81,8 +81,7 @@ def _sample_space(name, residual_fn, damping, momentum, solver: Solver, seed, ke
 
     def update(updates, state, params=None, *, batch=None, **extra_args):
         del extra_args
-        require_first(name, updates, params, batch)
-        flat, unravel = ravel_pytree(params)
+        flat, unravel = require_first(name, updates, params, batch)
         dtype = flat.dtype
         lam = value_at(damping, state.count, dtype)
         count = state.count + 1

@@ -86,7 +86,9 @@ def test_chain_equals_fused_update(setup, variant, case):
     """Four steps (fresh batches) of the chained optimizer equal the pre-refactor fused code.
 
     Both run the same float64 operations in a different grouping (e.g. −min(η, √C/‖d‖)·d
-    against −η·d·min(1, √C/‖ηd‖)), so they differ by a few ulps per step: 1e-12 relative.
+    against optax's clipping of η·d), so the first step differs by a few ulps: 1e-12
+    relative.  Later steps solve with K + λI (λ = 1e-6) from parameters and momentum that
+    already differ by those ulps, which the solve amplifies: 1e-10.
     """
     _, rf, params, batches = setup
     chained, fused = CASES[case]
@@ -94,7 +96,7 @@ def test_chain_equals_fused_update(setup, variant, case):
     steps_f, params_f, state_f = _run(fused(rf), params, batches, variant)
     assert np.all(np.linalg.norm(steps_f, axis=1) > 0), "every reference step moved"
     for k in range(len(batches)):
-        assert _rel(steps_c[k], steps_f[k]) <= 1e-12, (case, k)
+        assert _rel(steps_c[k], steps_f[k]) <= (1e-12 if k == 0 else 1e-10), (case, k)
     assert _rel(ravel_pytree(params_c)[0], ravel_pytree(params_f)[0]) <= 1e-12
     # the recorded step size agrees too (line search: the grid value; fixed η: min(η, cap))
     eta_c = float(optim.diagnostics(state_c)["step_size"])
@@ -103,7 +105,7 @@ def test_chain_equals_fused_update(setup, variant, case):
 
 def test_public_blocks_with_optax_step_give_algorithm_1(setup):
     """The public blocks composed by hand with optax's own step (as the docs show) give the
-    fused SPRING step with its cap, to 1e-12 as in test_chain_equals_fused_update."""
+    fused SPRING step with its cap, to the tolerances of test_chain_equals_fused_update."""
     _, rf, params, batches = setup
     by_hand = optax.chain(optim.scale_by_spring(rf, 1e-6, 0.8),
                           optax.scale_by_learning_rate(0.5),
@@ -113,7 +115,7 @@ def test_public_blocks_with_optax_step_give_algorithm_1(setup):
                    batches, jax.jit)
     assert np.all(np.linalg.norm(b, axis=1) > 0)
     for k in range(len(batches)):
-        assert _rel(a[k], b[k]) <= 1e-12, k
+        assert _rel(a[k], b[k]) <= (1e-12 if k == 0 else 1e-10), k
 
 
 def test_clip_before_natural_gradient_block_raises(setup):

@@ -156,12 +156,13 @@ def scale_by_norm_constraint(norm_constraint) -> optax.GradientTransformationExt
 
     def update(updates, state, params=None, **extra_args):
         del params, extra_args
-        flat, unravel = ravel_pytree(updates)
-        dtype = flat.dtype
-        c = value_at(norm_constraint, state.count, dtype)
-        norm = jnp.linalg.norm(flat)
-        scale = jnp.minimum(1.0, jnp.sqrt(c) / jnp.maximum(norm, jnp.finfo(dtype).tiny))
-        return unravel(scale * flat), NormConstraintState(state.count + 1, scale)
+        dtype = state.norm_scale.dtype
+        cap = jnp.sqrt(value_at(norm_constraint, state.count, dtype))
+        # optax's clipping does the capping; the scale it applied is kept for the diagnostics
+        clipped, _ = optax.clip_by_global_norm(cap).update(updates, optax.EmptyState())
+        norm = optax.tree.norm(updates)
+        scale = jnp.minimum(1.0, cap / jnp.maximum(norm, jnp.finfo(dtype).tiny))
+        return clipped, NormConstraintState(state.count + 1, scale)
 
     return optax.GradientTransformationExtraArgs(init, update)
 

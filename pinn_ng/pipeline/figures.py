@@ -124,6 +124,8 @@ def _palette(tables):
     # Dark2 and Set1 rather than tab10 cycling back onto its first colours
     colors = (sns.color_palette("tab10") + sns.color_palette("Dark2")
               + sns.color_palette("Set1"))
+    # no greys: grey draws the paper's curves and the reference lines
+    colors = [c for c in colors if max(c) - min(c) > 0.1]
     return {lab: colors[i % len(colors)] for i, lab in enumerate(labels)}
 
 

@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     opt = optim.make("engd_woodbury", rf, **hp)
     step, _ = make_step(problem, rf, opt, uses_grads=False, diagnostics=optim.diagnostics,
                         n_interior=problem.n_interior, n_boundary=problem.n_boundary,
-                        dtype=jnp.float64, data_seed=0)
+                        dtype=jnp.float64)
     state = opt.init(params)
     step = jax.jit(step)
     sizes = [w.size + b.size for w, b in params]
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     for k in range(args.steps):
         oks, d_lower, d_layers, scale = kernels(params, k)
-        params, state, out = step(params, state, k)
+        params, state, out = step(params, state, k, data_key)
         jax.block_until_ready(params)
         marks = []
         for name, good in zip(FORMATIONS, oks):

@@ -334,24 +334,32 @@ class Problem:
                 raise ValueError(f"{self.name}: no exact solution; errors only on the "
                                  f"reference points {ref_x.shape}, got {points.shape}")
             points = jnp.asarray(ref_x, dtype) if points is None else points
-            pred = jax.vmap(lambda x: apply(params, x))(points)
-            exact = jnp.asarray(ref_u, pred.dtype)
+            rms, rel = _errors_at(apply, None, params, points, jnp.asarray(ref_u, dtype))
         else:
             if points is None:
                 points = self.eval_points(dtype)
-            pred, exact = _predict_and_exact(apply, self.exact_fn, params, points)
-        rms = metrics.rms_l2(pred, exact)
-        return {
-            "l2": float(rms) / self.error_scale,
-            "rms_l2": float(rms),
-            "rel_l2": float(metrics.relative_l2(pred, exact)),
-        }
+            rms, rel = _errors_at(apply, self.exact_fn, params, points, None)
+        return {"l2": float(rms) / self.error_scale, "rms_l2": float(rms), "rel_l2": float(rel)}
 
 
-def _predict_and_exact(apply, exact_fn, params, points):
+def _errors_eager(apply, exact_fn, params, points, values):
     pred = jax.vmap(lambda x: apply(params, x))(points)
-    exact = jax.vmap(exact_fn)(points)
-    return pred, exact
+    exact = jax.vmap(exact_fn)(points) if exact_fn is not None else values.astype(pred.dtype)
+    return metrics.rms_l2(pred, exact), metrics.relative_l2(pred, exact)
+
+
+_errors_jit = jax.jit(_errors_eager, static_argnums=(0, 1))
+
+
+def _errors_at(apply, exact_fn, params, points, values):
+    """RMS and relative L2 errors against ``exact_fn`` on ``points`` (or the reference
+    ``values``): jitted once per network and solution, as a training loop evaluates often;
+    eagerly for a network or solution that cannot be hashed."""
+    try:
+        hash((apply, exact_fn))
+    except TypeError:
+        return _errors_eager(apply, exact_fn, params, points, values)
+    return _errors_jit(apply, exact_fn, params, points, values)
 
 
 # ---------------------------------------------------------------------------------- problems

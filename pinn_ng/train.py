@@ -122,22 +122,22 @@ def _params_finite(params):
 
 
 def make_step(problem: Problem, residual_fn: Callable, optimizer, *, uses_grads: bool,
-              diagnostics: Callable, n_interior: int, n_boundary: int, dtype, data_seed: int,
+              diagnostics: Callable, n_interior: int, n_boundary: int, dtype,
               batch_every: int = 1):
-    """The (unjitted) training step ``step(params, opt_state, k) -> (params, opt_state, out)``.
+    """The (unjitted) training step
+    ``step(params, opt_state, k, data_key) -> (params, opt_state, out)``.
 
-    Step ``k`` trains on batch ``k // batch_every``.
+    Step ``k`` trains on batch ``k // batch_every``, drawn from ``data_key`` (an argument, not
+    a constant, so that runs with other seeds compile the same program: one cache entry).
 
     ``out`` holds ``loss`` (½‖r‖² on batch ``k`` at the parameters *before* the step),
     ``params_finite`` and every diagnostic of the optimizer.
     """
-    data_key = jax.random.PRNGKey(data_seed)
-
     def loss_fn(params, batch):
         r = residual_fn(params, batch)
         return 0.5 * jnp.dot(r, r)
 
-    def step(params, opt_state, k):
+    def step(params, opt_state, k, data_key):
         batch = problem.sample(jax.random.fold_in(data_key, k // batch_every), n_interior,
                                n_boundary, dtype)
         if uses_grads:
@@ -192,14 +192,15 @@ def train(problem: Problem, apply: Callable, params, optimizer, residual_fn: Cal
 
     step_fn, _ = make_step(
         problem, residual_fn, optimizer, uses_grads=uses_grads, diagnostics=diagnostics,
-        n_interior=n_interior, n_boundary=n_boundary, dtype=dtype, data_seed=data_seed,
-        batch_every=batch_every)
+        n_interior=n_interior, n_boundary=n_boundary, dtype=dtype, batch_every=batch_every)
+    data_key = jax.random.PRNGKey(data_seed)
     opt_state = optimizer.init(params)
     # Donating the old params / state halves peak memory on accelerators; CPU ignores it.
     donate = (0, 1) if jax.default_backend() != "cpu" else ()
     t0 = time.perf_counter()
     k0 = jnp.asarray(0, jnp.int32)
-    compiled = jax.jit(step_fn, donate_argnums=donate).lower(params, opt_state, k0).compile()
+    compiled = jax.jit(step_fn, donate_argnums=donate).lower(params, opt_state, k0,
+                                                                data_key).compile()
     compile_seconds = time.perf_counter() - t0
     _release_freed_heap()
     result = TrainResult(compile_seconds=compile_seconds)
@@ -287,7 +288,7 @@ def train(problem: Problem, apply: Callable, params, optimizer, residual_fn: Cal
                 last_save = time.monotonic()
             k = jnp.asarray(step, jnp.int32)
             t = time.perf_counter()
-            params, opt_state, out = compiled(params, opt_state, k)
+            params, opt_state, out = compiled(params, opt_state, k, data_key)
             jax.block_until_ready((params, opt_state, out))
             dt = time.perf_counter() - t
             elapsed += dt

@@ -269,10 +269,10 @@ def estimate_memory(spec: dict) -> dict | None:
     step, _ = train.make_step(
         problem, residual_fn, optimizer, uses_grads=optim.uses_grads(spec["optimizer"]),
         diagnostics=optim.diagnostics, n_interior=spec["n_interior"],
-        n_boundary=spec["n_boundary"], dtype=dtype, data_seed=spec["data_seed"],
-        batch_every=spec["batch_every"])
+        n_boundary=spec["n_boundary"], dtype=dtype, batch_every=spec["batch_every"])
     k = jax.ShapeDtypeStruct((), jnp.int32)
-    return memory.estimate(jax.jit(step).lower(params, state, k).compile())
+    key = jax.eval_shape(jax.random.PRNGKey, 0)
+    return memory.estimate(jax.jit(step).lower(params, state, k, key).compile())
 
 
 def lower_bound_bytes(spec: dict) -> tuple[int, str]:

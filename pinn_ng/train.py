@@ -60,6 +60,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from .optim.common import EVENT_FIELDS
@@ -286,11 +287,12 @@ def train(problem: Problem, apply: Callable, params, optimizer, residual_fn: Cal
                     step > 0 and time.monotonic() - last_save >= checkpoint.every_seconds:
                 save_checkpoint("running")
                 last_save = time.monotonic()
-            k = jnp.asarray(step, jnp.int32)
+            k = np.asarray(step, np.int32)  # no eager JAX op (a dispatch) per step
             t = time.perf_counter()
             params, opt_state, out = compiled(params, opt_state, k, data_key)
             jax.block_until_ready((params, opt_state, out))
             dt = time.perf_counter() - t
+            out = jax.device_get(out)  # one transfer of the step's scalars, not one per key
             elapsed += dt
             step += 1
             result.step_seconds.append(dt)

@@ -43,6 +43,10 @@ THREADS_ENV = "PINN_NG_BLAS_THREADS"
 AUTO_MARGIN = 0.95
 # the calibration's K: J of 1536 x 4096 (float64), large enough for both to reach their rate
 CALIBRATION_SHAPE = (1536, 4096)
+#: ``auto`` keeps XLA for products under this many multiply-adds (N² · P): each BLAS call sets
+#: OpenBLAS's thread count and back, a fixed cost of milliseconds that small products never
+#: earn back.  ``blas`` asked for by name is used at any size.
+AUTO_MIN_FLOPS = 2e10
 _FFI_TARGET = "pinn_ng_blas_syrk_lower"
 
 
@@ -95,9 +99,10 @@ def env_error() -> str | None:
     return None
 
 
-def kernel_backend(backend: str | None = None) -> str:
+def kernel_backend(backend: str | None = None, parts=None) -> str:
     """The backend K's products use here: ``"xla"`` or ``"blas"`` (``auto`` resolved by the
-    cached calibration; always ``"xla"`` off the CPU or where the FFI handler is missing)."""
+    cached calibration, and XLA for ``parts`` (J's column blocks) smaller than
+    :data:`AUTO_MIN_FLOPS`; always ``"xla"`` off the CPU)."""
     import jax
 
     backend = requested_backend(backend)
@@ -106,6 +111,10 @@ def kernel_backend(backend: str | None = None) -> str:
     if backend == "blas":
         _ffi_registered()
         return "blas"
+    if parts is not None:
+        parts = [parts] if hasattr(parts, "shape") else list(parts)
+        if parts[0].shape[0] ** 2 * sum(p.shape[1] for p in parts) < AUTO_MIN_FLOPS:
+            return "xla"
     return calibration()["backend"]
 
 
@@ -121,7 +130,7 @@ def kernel_lower(parts, backend: str | None = None):
 
     parts = [parts] if hasattr(parts, "shape") else list(parts)
     dtype = parts[0].dtype
-    if (kernel_backend(backend) == "xla"
+    if (kernel_backend(backend, parts) == "xla"
             or dtype not in (jnp.float32, jnp.float64)):
         # pinn_ng.gram's row blocks are the memory-lean XLA route; this one is the plain product
         return jnp.tril(sum(j @ j.T for j in parts))

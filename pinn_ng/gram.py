@@ -48,7 +48,7 @@ def kernel_lower_from_jacobian(jac, n_blocks: int | None = None, mirror: bool = 
     n, dtype = parts[0].shape[0], parts[0].dtype
     if below is not None and mirror:
         raise ValueError("below= needs mirror=False (only the lower triangle is assembled)")
-    if dtype in (jnp.float32, jnp.float64) and blas.kernel_backend(backend) == "blas":
+    if dtype in (jnp.float32, jnp.float64) and blas.kernel_backend(backend, parts) == "blas":
         k = blas.kernel_lower(parts, backend="blas")
         if mirror:
             return k + jnp.tril(k, -1).T

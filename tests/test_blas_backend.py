@@ -162,3 +162,16 @@ def test_cli_reports_a_bad_override_in_one_line(monkeypatch, capsys, tmp_path, v
                      "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and var in err and not (tmp_path / "run").exists()
+
+
+def test_auto_keeps_xla_for_small_products(monkeypatch):
+    """auto takes the calibrated BLAS only above AUTO_MIN_FLOPS; blas by name at any size."""
+    monkeypatch.setenv(blas.ENV, "auto")
+    monkeypatch.setitem(blas._STATE, "calibration", {blas.machine_key(): {"backend": "blas"}})
+    monkeypatch.setattr(blas, "calibration", lambda refresh=False: {"backend": "blas"})
+    small = [jax.ShapeDtypeStruct((480, 1185), jnp.float64)]
+    paper = [jax.ShapeDtypeStruct((3500, p), jnp.float64) for p in (384, 4160, 3120, 2352, 49)]
+    assert blas.kernel_backend(None, small) == "xla"
+    assert blas.kernel_backend(None, paper) == "blas"
+    assert blas.kernel_backend(None) == "blas"  # no sizes given: the calibration decides
+    assert blas.kernel_backend("blas", small) == "blas"

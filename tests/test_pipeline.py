@@ -231,7 +231,7 @@ def test_experiment_replicates_override_the_top_level():
     assert {s["replicate"] for s in scaling} == {0}  # the top-level value (1) elsewhere
     default = pcfg.plan(preset(), check_optimizers=False)
     conv = [default.spec(r) for r in default.experiments["convergence"]]
-    assert {s["replicate"] for s in conv} == {0, 1, 2}
+    assert {s["replicate"] for s in conv} == {0, 1}  # the default preset: 2 seeds
     with pytest.raises(pcfg.ConfigError, match="experiments.convergence.replicates"):
         pcfg.plan(preset({"experiments": {"convergence": {"replicates": 0}}}))
 

@@ -12,8 +12,9 @@ network's layer blocks (as the optimizers build it):
    the cached ``auto`` choice (:func:`pinn_ng.blas.calibration`) and a fresh calibration;
 2. K's lower triangle by XLA (row blocks) and by the BLAS (``?syrk`` via the FFI handler), and
    by the BLAS through ``jax.pure_callback`` (which copies J first); numpy's full J Jᵀ (all
-   cores) on the same J.  Rates count N²P flops for K's lower triangle and 2N²P for the full
-   product (the issue's convention);
+   cores) on the same J; the Cholesky factor of K + λI by jaxlib and by ``?potrf``.  Rates
+   count N²P flops for K's lower triangle, 2N²P for the full product (the issue's
+   convention) and N³/3 for a Cholesky;
 3. whole ENGD-W steps (update + parameter update on the fixed batch), fixed η and line search,
    with each backend, and the ratio fixed-η step / numpy's J Jᵀ;
 4. threads: the fixed-η step with the GEMM's BLAS threads and the factorisations' (LAPACK)
@@ -134,6 +135,16 @@ def main(argv=None) -> int:
     calls = {f"K lower, {name}": (lambda c=c: c(parts)) for name, c in compiled.items()}
     calls["numpy J Jᵀ (full)"] = numpy_full
 
+    # -- the step's factorisation of K + λI: jaxlib's LAPACK call (one thread) or ?potrf
+    # through the FFI handler (the GEMM's threads)
+    k_damped = jnp.asarray(np.tril(np.asarray(compiled["xla"](parts))) + DAMPING * np.eye(n))
+    chol = {b: jax.jit(lambda a, b=b: blas.cholesky_lower(a, backend=b)) for b in ("xla", "blas")}
+    factors = {b: np.asarray(f(k_damped)) for b, f in chol.items()}
+    err = np.max(np.abs(factors["blas"] - factors["xla"])) / np.max(np.abs(factors["xla"]))
+    print(f"Cholesky of K + λI: BLAS vs XLA factor, max rel. difference {err:.1e}")
+    for b, f in chol.items():
+        calls[f"Cholesky, {b}"] = (lambda f=f: f(k_damped))
+
     # -- ENGD-W steps, each traced with its backend
     def step_fn(opt):
         def step(params, state, batch):
@@ -158,6 +169,7 @@ def main(argv=None) -> int:
 
     flops = {name: (2 * n * n * p if "full" in name else n * n * p) for name in names
              if name.startswith(("K", "numpy"))}
+    flops.update({name: n**3 / 3 for name in names if name.startswith("Cholesky")})
     print("\n| what | median s | min s | GFLOP/s |\n|---|---:|---:|---:|")
     for name in names:
         rate = f"{flops[name] / t[name].median / 1e9:.0f}" if name in flops else ""
@@ -167,6 +179,8 @@ def main(argv=None) -> int:
     print(f"\nK lower: BLAS / XLA = {b / x:.3f} (AVX-512 target ≤ 0.55; without: auto must "
           f"not cost more than 1.03 x XLA); pure_callback / FFI = "
           f"{t['K lower, blas (pure_callback)'].median / b:.2f}")
+    print(f"Cholesky: BLAS / XLA = "
+          f"{t['Cholesky, blas'].median / t['Cholesky, xla'].median:.3f}")
     for kind in ("fixed η", "line search"):
         sx, sb = (t[f"ENGD-W step {kind}, {be}"].median for be in ("xla", "blas"))
         print(f"ENGD-W {kind}: BLAS / XLA = {sb / sx:.3f}")

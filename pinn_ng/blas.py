@@ -24,6 +24,12 @@ GEMM backend
     library, thread count) and caches the choice beside JAX's persistent compilation cache
     (else in ``~/.cache/pinn_ng``); BLAS is chosen only when it is clearly faster, so that the
     backend costs nothing where XLA is as fast.  Off the CPU, always XLA.
+
+Cholesky
+    The step's factorisation of K + λI is LAPACK's ``?potrf`` either way; jaxlib calls it with
+    the process's single LAPACK thread, :func:`cholesky_lower` through a second FFI handler
+    with the run's cores (the same thread switch as the GEMM).  ``auto`` does so for large
+    matrices (:data:`AUTO_MIN_CHOLESKY_ORDER`) when the run owns more than one core.
 """
 
 from __future__ import annotations
@@ -48,6 +54,11 @@ CALIBRATION_SHAPE = (1536, 4096)
 #: earn back.  ``blas`` asked for by name is used at any size.
 AUTO_MIN_FLOPS = 2e10
 _FFI_TARGET = "pinn_ng_blas_syrk_lower"
+_POTRF_TARGET = "pinn_ng_blas_potrf_lower"
+#: ``auto`` factors matrices of at least this order with the BLAS's ``?potrf`` on the run's
+#: cores: jaxlib calls the same LAPACK routine with the process's one LAPACK thread, and below
+#: this order the second thread saves less than switching the thread count costs.
+AUTO_MIN_CHOLESKY_ORDER = 2000
 
 
 def limit_blas_threads(n: int = 1):
@@ -139,6 +150,38 @@ def kernel_lower(parts, backend: str | None = None):
     return call(*parts)
 
 
+def cholesky_backend(n: int, backend: str | None = None) -> str:
+    """The backend :func:`cholesky_lower` uses for an ``n`` x ``n`` matrix: ``"xla"``
+    (jaxlib's LAPACK call, the process's LAPACK threads) or ``"blas"`` (``?potrf`` through the
+    FFI handler, :func:`gemm_threads` threads).  ``auto`` takes the BLAS from
+    :data:`AUTO_MIN_CHOLESKY_ORDER` on when the run owns more than one core; always ``"xla"``
+    off the CPU."""
+    import jax
+
+    backend = requested_backend(backend)
+    if jax.default_backend() != "cpu" or backend == "xla":
+        return "xla"
+    if backend == "auto" and (n < AUTO_MIN_CHOLESKY_ORDER or gemm_threads() < 2):
+        return "xla"
+    _ffi_registered()
+    return "blas"
+
+
+def cholesky_lower(a, backend: str | None = None):
+    """Lower Cholesky factor L (strictly upper part zero) of the symmetric positive definite
+    ``a``, read from its lower triangle; NaN everywhere when the factorisation fails (as
+    :func:`jax.lax.linalg.cholesky`).  Works inside ``jit``; not differentiable."""
+    import jax
+    import jax.numpy as jnp
+
+    if (cholesky_backend(a.shape[-1], backend) == "xla" or a.ndim != 2
+            or a.dtype not in (jnp.float32, jnp.float64)):
+        return jax.lax.linalg.cholesky(a, symmetrize_input=False)
+    call = jax.ffi.ffi_call(_POTRF_TARGET, jax.ShapeDtypeStruct(a.shape, a.dtype),
+                            vmap_method="sequential")
+    return call(a)
+
+
 # ----------------------------------------------------------------------------- FFI handler
 # The handler follows XLA's FFI C API (xla/ffi/api/c_api.h, shipped with jaxlib): XLA calls it
 # with a call frame that holds the buffers of the operands and of the result.
@@ -216,8 +259,23 @@ def _error(frame, message: str):
     create = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.POINTER(_ErrorCreateArgs))(
         ctypes.c_void_p.from_address(create_at).value)
     args = _ErrorCreateArgs(ctypes.sizeof(_ErrorCreateArgs), None,
-                            f"pinn_ng BLAS GEMM: {message}".encode(), _ERR_INTERNAL)
+                            f"pinn_ng BLAS: {message}".encode(), _ERR_INTERNAL)
     return create(ctypes.byref(args))
+
+
+class _GemmThreads:
+    """The BLAS's thread count set to :func:`gemm_threads` for one call, then put back."""
+
+    def __enter__(self):
+        self.libs = _thread_controllers()
+        self.before = [lib.num_threads for lib in self.libs]
+        threads = gemm_threads()
+        for lib in self.libs:
+            lib.set_num_threads(threads)
+
+    def __exit__(self, *exc):
+        for lib, n in zip(self.libs, self.before):
+            lib.set_num_threads(n)
 
 
 def _syrk_lower_into(out, parts):
@@ -232,19 +290,31 @@ def _syrk_lower_into(out, parts):
     k_f = out.T
     k_f.fill(0.0)
     syrk = blas.get_blas_funcs("syrk", dtype=out.dtype)
-    threads = gemm_threads()
-    libs = _thread_controllers()
-    before = [lib.num_threads for lib in libs]
-    try:
-        for lib in libs:
-            lib.set_num_threads(threads)
+    with _GemmThreads():
         for part in parts:
             res = syrk(1.0, part.T, beta=1.0, c=k_f, trans=1, lower=0, overwrite_c=1)
             if res.ctypes.data != k_f.ctypes.data:  # never expected: the wrapper copied
                 k_f[...] = res
-    finally:
-        for lib, n in zip(libs, before):
-            lib.set_num_threads(n)
+
+
+def _potrf_lower_into(out, a):
+    """out (C order) ← lower Cholesky factor of ``a`` (its lower triangle read), strictly
+    upper part zero; NaN if ``a`` is not numerically positive definite.
+
+    The lower triangle of C-ordered ``a`` is the upper triangle of its Fortran-ordered
+    transpose, so ``?potrf`` with lower=0 on ``out``'s Fortran view factors it in place.
+    """
+    import numpy as np
+    from scipy.linalg import lapack
+
+    out[...] = a
+    potrf = lapack.get_lapack_funcs("potrf", dtype=out.dtype)
+    with _GemmThreads():
+        res, info = potrf(out.T, lower=0, clean=1, overwrite_a=1)
+    if res.ctypes.data != out.ctypes.data:  # never expected: the wrapper copied
+        out.T[...] = res
+    if info != 0:
+        out.fill(np.nan)
 
 
 def _thread_controllers():
@@ -257,7 +327,17 @@ def _thread_controllers():
     return libs
 
 
-def _handler(frame_p):
+def _syrk_handler(frame, dt):
+    parts = [_array(frame.args.items[i].contents, dt) for i in range(frame.args.size)]
+    _syrk_lower_into(_array(frame.rets.items[0].contents, dt), parts)
+
+
+def _potrf_handler(frame, dt):
+    _potrf_lower_into(_array(frame.rets.items[0].contents, dt),
+                      _array(frame.args.items[0].contents, dt))
+
+
+def _handler(frame_p, compute=_syrk_handler):
     try:
         frame = frame_p.contents
         ext = frame.extension_start
@@ -274,9 +354,7 @@ def _handler(frame_p):
         out_buf = frame.rets.items[0].contents
         if out_buf.dtype not in kinds:
             return _error(frame_p, f"dtype code {out_buf.dtype} is not float32/float64")
-        dt = kinds[out_buf.dtype]
-        parts = [_array(frame.args.items[i].contents, dt) for i in range(frame.args.size)]
-        _syrk_lower_into(_array(out_buf, dt), parts)
+        compute(frame, kinds[out_buf.dtype])
         return None
     except Exception as err:  # noqa: BLE001  (an exception must not cross into XLA)
         return _error(frame_p, f"{type(err).__name__}: {err}")
@@ -287,9 +365,11 @@ def _ffi_registered():
         if "handler" not in _STATE:
             import jax
 
-            handler = _HANDLER(_handler)
-            jax.ffi.register_ffi_target(_FFI_TARGET, jax.ffi.pycapsule(handler), platform="cpu")
-            _STATE["handler"] = handler
+            handlers = {_FFI_TARGET: _HANDLER(_handler),
+                        _POTRF_TARGET: _HANDLER(lambda f: _handler(f, _potrf_handler))}
+            for target, handler in handlers.items():
+                jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler), platform="cpu")
+            _STATE["handler"] = handlers
 
 
 # ----------------------------------------------------------------------------- calibration

@@ -175,3 +175,77 @@ def test_auto_keeps_xla_for_small_products(monkeypatch):
     assert blas.kernel_backend(None, paper) == "blas"
     assert blas.kernel_backend(None) == "blas"  # no sizes given: the calibration decides
     assert blas.kernel_backend("blas", small) == "blas"
+
+
+def spd(seed, n=61, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((n, n + 7))
+    return (a @ a.T / n + 1e-3 * np.eye(n)).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 1e-4)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cholesky_lower_both_backends_match_numpy(dtype, tol, seed):
+    """The BLAS's ?potrf through the FFI handler, jitted and eager, against NumPy's factor of
+    a fresh random SPD matrix; only the lower triangle is read, the upper part comes out 0."""
+    a = spd(seed, dtype=dtype)
+    ref = np.linalg.cholesky(a.astype(np.float64))
+    # garbage above the diagonal: both backends must read the lower triangle only
+    a_low = np.tril(a) + np.triu(np.full_like(a, 7.0), 1)
+    for backend in BACKENDS:
+        fn = jax.jit(lambda m, b=backend: blas.cholesky_lower(m, backend=b))
+        for chol in (fn(jnp.asarray(a_low)), blas.cholesky_lower(jnp.asarray(a_low), backend)):
+            chol = np.asarray(chol)
+            assert chol.dtype == dtype
+            assert rel(chol, ref) <= tol, backend
+            assert not np.any(np.triu(chol, 1)), backend
+
+
+def test_cholesky_lower_failure_is_nan_on_both_backends():
+    a = spd(3)
+    a[5, 5] = -1.0  # not positive definite
+    for backend in BACKENDS:
+        chol = np.asarray(jax.jit(lambda m, b=backend: blas.cholesky_lower(m, backend=b))(a))
+        assert np.all(np.isnan(chol[np.tril_indices(len(a))])), backend  # as XLA's
+
+
+def test_cholesky_solve_uses_the_blas_factor_and_keeps_its_jitter_policy(monkeypatch):
+    """With PINN_NG_BLAS=blas, the solver's factorisations (a failing first try included)
+    go through ?potrf and give XLA's u, jitter and rung."""
+    calls = []
+    real = blas._potrf_lower_into
+    monkeypatch.setattr(blas, "_potrf_lower_into", lambda out, a: calls.append(1) or real(out, a))
+    rng = np.random.default_rng(4)
+    j = rng.standard_normal((40, 12))
+    k = jnp.asarray(np.tril(j @ j.T))  # rank 12 < 40: K + 1e-16 I fails, the ladder climbs
+    g = jnp.asarray(rng.standard_normal(40))
+    out = {}
+    for backend in BACKENDS:
+        monkeypatch.setenv(blas.ENV, backend)
+        sol = jax.block_until_ready(
+            jax.jit(lambda k, g: optim.solvers.cholesky_solve(k, 1e-16, g))(k, g))
+        out[backend] = sol
+        assert bool(calls) == (backend == "blas")
+    assert float(out["blas"].jitter) == float(out["xla"].jitter) > 0
+    assert int(out["blas"].rung) == int(out["xla"].rung)
+    # cond(K + δI) ~ 1e13 here, so the two u differ by far more than eps; each solves its
+    # shifted system to a backward error of a few eps
+    full = np.asarray(k) + np.tril(np.asarray(k), -1).T
+    for sol in out.values():
+        a = full + (1e-16 + float(sol.jitter)) * np.eye(40)
+        u = np.asarray(sol.u)
+        assert np.linalg.norm(a @ u - np.asarray(g)) <= 1e-13 * np.linalg.norm(a, 2) * \
+            np.linalg.norm(u)
+
+
+def test_auto_factors_large_matrices_with_the_blas(monkeypatch):
+    monkeypatch.setenv(blas.ENV, "auto")
+    monkeypatch.setenv(blas.THREADS_ENV, "2")
+    n = blas.AUTO_MIN_CHOLESKY_ORDER
+    assert blas.cholesky_backend(n - 1) == "xla"
+    assert blas.cholesky_backend(n) == "blas"
+    monkeypatch.setenv(blas.THREADS_ENV, "1")  # one core: nothing to gain
+    assert blas.cholesky_backend(n) == "xla"
+    assert blas.cholesky_backend(10, "blas") == "blas"
+    monkeypatch.setenv(blas.ENV, "xla")
+    assert blas.cholesky_backend(10**4) == "xla"

@@ -39,7 +39,7 @@ def test_jet_matches_hessian_reference(name, seed):
     np.testing.assert_allclose(jet.laplacian, lap, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["poisson5d", "poisson100d"])
+@pytest.mark.parametrize("name", ["poisson5d", pytest.param("poisson100d", marks=pytest.mark.slow)])
 def test_structured_jacobian_at_the_paper_width(name):
     """The paper's nets (P = 10,065 / 1,325,057), a few points: rows equal folx's."""
     problem = problems.get(name)

@@ -302,6 +302,7 @@ def test_plan_lists_the_runs_a_time_limit_stops(capsys):
     assert "--time-limit must be a positive number" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # three Snakemake dry runs; the key's bad values: test_bad_inputs.py
 def test_preset_key_checkpoint_every_reaches_every_run_and_changes_no_run_id(tmp_path):
     """`checkpoint_every` in a preset becomes each run's `--checkpoint-every` (runs and tuned
     runs); run ids stay those of the preset without it, so finished records stay valid."""

@@ -58,7 +58,12 @@ def test_paper_nets(name, widths, p):
     assert flat.dtype == jnp.float64
 
 
-@pytest.mark.parametrize("name", ALL)
+#: the raw-scale problems share their twin's exact solution, source and sampler (only the
+#: scaling differs): their per-problem data checks run with -m slow
+_DATA_CASES = [pytest.param(n, marks=pytest.mark.slow) if n.endswith("_raw") else n for n in ALL]
+
+
+@pytest.mark.parametrize("name", _DATA_CASES)
 def test_exact_solution_has_zero_residual(name):
     problem = problems.get(name)
     batch = problem.sample(jax.random.PRNGKey(ALL.index(name)), 64, 32)
@@ -76,7 +81,7 @@ def test_exact_solution_has_zero_residual(name):
     assert float(jnp.max(jnp.abs(r_p[n_i:]))) > 1e-5
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", _DATA_CASES)
 def test_samplers_geometry(name):
     problem = problems.get(name)
     batch = problem.sample(jax.random.PRNGKey(3), 500, 400)
@@ -108,7 +113,7 @@ def test_eval_set_is_fixed_and_sized():
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-@pytest.mark.parametrize("d", [2, 5, 100])
+@pytest.mark.parametrize("d", [2, pytest.param(5, marks=pytest.mark.slow), 100])
 @pytest.mark.parametrize("method", ["folx", "fwd_rev"])
 def test_laplacian_matches_hessian_trace(d, method):
     key = jax.random.PRNGKey(d)
@@ -122,7 +127,8 @@ def test_laplacian_matches_hessian_trace(d, method):
     np.testing.assert_allclose(np.asarray(fast), np.asarray(ref), rtol=1e-10, atol=0)
 
 
-@pytest.mark.parametrize("method", ["folx", "fwd_rev", "hessian"])
+@pytest.mark.parametrize("method", [  # folx by default; the others with -m slow
+    "folx", *(pytest.param(m, marks=pytest.mark.slow) for m in ("fwd_rev", "hessian"))])
 def test_partial_laplacian_and_gradient(method):
     init, apply = models.mlp((5, 16, 1))
     params = init(jax.random.PRNGKey(7))
@@ -158,26 +164,28 @@ def test_jacobian_matches_jacfwd_and_products(name):
     batch = problem.sample(k_b, 7, 5)
     r_ref = scaled_residuals(problem, lambda x: apply(params, x), batch)
     flat, unravel = ravel_pytree(params)
-    j_ref = jax.jacfwd(lambda w: scaled_residuals(problem, lambda x: apply(unravel(w), x), batch))(flat)
+    # jitted: one compilation per function instead of one per primitive (same values)
+    j_ref = jax.jit(jax.jacfwd(
+        lambda w: scaled_residuals(problem, lambda x: apply(unravel(w), x), batch)))(flat)
     scale = float(jnp.max(jnp.abs(j_ref)))
     v = jax.random.normal(k_v, flat.shape, dtype=jnp.float64)
     u = jax.random.normal(k_u, (12,), dtype=jnp.float64)
     assert ResidualFn(problem, apply).method == "structured"  # the default for models.mlp
     for method in ("structured", "folx"):
         rf = ResidualFn(problem, apply, method=method)
-        r = rf(params, batch)
+        r = jax.jit(rf)(params, batch)
         np.testing.assert_allclose(np.asarray(r), np.asarray(r_ref), rtol=1e-12, atol=1e-14)
-        j = rf.jacobian(params, batch)
+        j = jax.jit(rf.jacobian)(params, batch)
         assert j.shape == (12, flat.shape[0])
         np.testing.assert_allclose(np.asarray(j), np.asarray(j_ref), rtol=1e-10,
                                    atol=1e-12 * scale)
-        r2, j2 = rf.residual_and_jacobian(params, batch)
+        r2, j2 = jax.jit(rf.residual_and_jacobian)(params, batch)
         np.testing.assert_allclose(np.asarray(r2), np.asarray(r), rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(np.asarray(j2), np.asarray(j), rtol=1e-12,
                                    atol=1e-14 * scale)
-        np.testing.assert_allclose(np.asarray(rf.jvp(params, batch, v)), np.asarray(j_ref @ v),
-                                   rtol=1e-10, atol=1e-12 * scale)
-        np.testing.assert_allclose(np.asarray(rf.vjp(params, batch, u)),
+        np.testing.assert_allclose(np.asarray(jax.jit(rf.jvp)(params, batch, v)),
+                                   np.asarray(j_ref @ v), rtol=1e-10, atol=1e-12 * scale)
+        np.testing.assert_allclose(np.asarray(jax.jit(rf.vjp)(params, batch, u)),
                                    np.asarray(j_ref.T @ u), rtol=1e-10, atol=1e-12 * scale)
 
 

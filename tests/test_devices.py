@@ -87,8 +87,8 @@ def test_snakemake_device_gpu_refuses_before_any_job(tmp_path):
     # a dry run (and `pinn-ng plan`) never checks: a login node has no GPU
     dry = subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
-         "-n", "--cores", "1", "--configfile", str(REPO / "config" / "paper.yaml")],
-        capture_output=True, text=True, env=ENV, timeout=300)
+         "-n", "--cores", "1", "--configfile", str(REPO / "config" / "smoke.yaml"), "--config",
+         "device=gpu"], capture_output=True, text=True, env=ENV, timeout=300)
     assert dry.returncode == 0, dry.stderr[-2000:]
 
 

@@ -50,7 +50,9 @@ def _train(name: str, optimizer: str, **hparams):
                           log=lambda msg: None)
 
 
-@pytest.mark.parametrize("example", sorted(CASES))
+@pytest.mark.parametrize("example", [  # one example by default, the others with -m slow
+    e if e == "poisson_robin.py" else pytest.param(e, marks=pytest.mark.slow)
+    for e in sorted(CASES)])
 def test_example_loads_and_its_error_falls(example):
     name, metric = CASES[example]
     plugins.load([], environ={plugins.ENV_VAR: str(EXAMPLES / example)}, entry_points=False)

@@ -528,7 +528,9 @@ def _run(opt, params, batches):
     return params, state, updates
 
 
-@pytest.mark.parametrize("name", list(F32_OPTIMIZERS))
+@pytest.mark.parametrize("name", [  # ENGD-W by default, the others with -m slow
+    n if n == "engd_woodbury" else pytest.param(n, marks=pytest.mark.slow)
+    for n in F32_OPTIMIZERS])
 def test_float32_run_matches_float64(name):
     """Three steps with float32 parameters and batches (x64 stays on: only the arrays are
     float32) track the float64 run, and stay float32 throughout."""

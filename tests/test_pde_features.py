@@ -155,7 +155,8 @@ def _sine_net(d):
 # ------------------------------------------------------------------------------ operators
 
 
-@pytest.mark.parametrize("method", operators.METHODS)
+@pytest.mark.parametrize("method", [  # folx by default; the others with -m slow
+    m if m == "folx" else pytest.param(m, marks=pytest.mark.slow) for m in operators.METHODS])
 def test_weighted_operator_matches_hessian(method):
     key = jax.random.PRNGKey(3)
     a = (1.5, -0.7, 0.0, 2.0)
@@ -193,19 +194,24 @@ def test_channels_jet_with_weights():
 # ------------------------------------------------------------------ residuals and J, both paths
 
 
-@pytest.mark.parametrize("method", ["structured", "folx"])
-@pytest.mark.parametrize("name", sorted(PROBLEMS))
+#: every feature on the structured path; folx (any network) on the Robin boundary, the others
+#: with -m slow (folx's own path is checked on every paper problem in test_core)
+@pytest.mark.parametrize("name,method", [
+    (n, m) if m == "structured" or n == "robin" else pytest.param(n, m, marks=pytest.mark.slow)
+    for m in ("structured", "folx") for n in sorted(PROBLEMS)])
 def test_residual_and_jacobian_match_dense(name, method):
     problem, apply, params, batch = _setup(name, seed=sorted(PROBLEMS).index(name))
     r_ref, j_ref = dense_reference(problem, apply, params, batch)
     n = 7 + problem.n_boundary_residuals * 4
     assert j_ref.shape[0] == n
     rf = ResidualFn(problem, apply, method=method)
-    assert rel(rf(params, batch), r_ref) <= 1e-12
-    r, jac = rf.residual_and_jacobian(params, batch)
+    # jitted: one compilation per function instead of one per primitive (same values)
+    assert rel(jax.jit(rf)(params, batch), r_ref) <= 1e-12
+    r, jac = jax.jit(rf.residual_and_jacobian)(params, batch)
     assert rel(r, r_ref) <= 1e-12
     assert rel(jac, j_ref) <= 1e-10
-    r_b, j_b = rf.point_jacobian(params, batch.boundary, "boundary", row_scales(7, 4)[1])
+    r_b, j_b = jax.jit(lambda p, x: rf.point_jacobian(p, x, "boundary", row_scales(7, 4)[1]))(
+        params, batch.boundary)
     assert rel(r_b, r_ref[7:]) <= 1e-12
     assert rel(j_b, j_ref[7:]) <= 1e-10
     # row blocks (4 rows each, the last padded: n is odd): J with zero rows appended
@@ -219,8 +225,8 @@ def test_residual_and_jacobian_match_dense(name, method):
     # the structured path's own kernel and products, built without J
     v = jax.random.normal(jax.random.PRNGKey(7), (j_ref.shape[1],))
     u = jax.random.normal(jax.random.PRNGKey(8), (n,))
-    assert rel(rf.jvp(params, batch, v), j_ref @ v) <= 1e-10
-    assert rel(rf.vjp(params, batch, u), j_ref.T @ u) <= 1e-10
+    assert rel(jax.jit(rf.jvp)(params, batch, v), j_ref @ v) <= 1e-10
+    assert rel(jax.jit(rf.vjp)(params, batch, u), j_ref.T @ u) <= 1e-10
     ss = jax.jit(lambda p, b: (lambda s: (s.r, s.kernel, s.jv(v), s.jtu(u)))(
         rf.sample_space(p, b)))(params, batch)
     assert rel(ss[0], r_ref) <= 1e-12

@@ -1,7 +1,7 @@
 """The benchmark pipeline (issue 4): training loop, run records, presets, Snakemake end to end.
 
-The end-to-end test runs the smoke preset once (module fixture, ~1 min on 2 cores) in a
-temporary directory; later tests reuse its outputs.
+The end-to-end tests (``-m slow``; CI runs them) run the smoke preset once (module fixture)
+in a temporary directory; later tests reuse its outputs.
 """
 
 from __future__ import annotations
@@ -148,7 +148,8 @@ def test_fidelity_preset_runs_the_logged_configurations():
                          {"optimizers": {"engd": {"widths": {"poisson5d": [3, 8, 1]}}}}))
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("name", [  # the smoke preset's DAG in the default run
+    n if n == "smoke" else pytest.param(n, marks=pytest.mark.slow) for n in sorted(PRESETS)])
 def test_snakemake_dry_run(name, tmp_path):
     proc = snakemake(tmp_path, "-n", *PRESETS[name])
     out = proc.stdout + proc.stderr
@@ -178,6 +179,7 @@ def test_bad_preset_value_names_key_and_allowed_values(override, expected):
         assert text in str(err.value), str(err.value)
 
 
+@pytest.mark.slow  # a bad preset through Snakemake in one line: test_cli_errors.py
 def test_bad_value_stops_snakemake_before_any_run(tmp_path):
     proc = snakemake(tmp_path, "--config", "dtype=float16", check=False)
     assert proc.returncode != 0
@@ -401,10 +403,11 @@ def test_train_row_k_holds_the_loss_before_and_the_errors_after_step_k():
     res = _train(opt, diagnostics=optim.diagnostics, uses_grads=False, max_steps=2,
                  eval_every=1, data_seed=3)
     theta, state = params, opt.init(params)
+    update = jax.jit(opt.update)
     for k in range(2):
         batch = problem.sample(jax.random.fold_in(jax.random.PRNGKey(3), k), 20, 8)
         loss_before = float(rf.loss(theta, batch))
-        updates, state = opt.update(None, state, theta, batch=batch)
+        updates, state = update(None, state, theta, batch=batch)
         theta = optax.apply_updates(theta, updates)
         np.testing.assert_allclose(res.rows[k + 1]["loss"], loss_before, rtol=1e-10)
         np.testing.assert_allclose(res.rows[k + 1]["l2"], problem.errors(apply, theta)["l2"],
@@ -471,6 +474,7 @@ def smoke(tmp_path_factory):
     return work, plan, time.perf_counter() - t
 
 
+@pytest.mark.slow  # the smoke preset end to end: -m slow (CI runs it)
 def test_smoke_pipeline_end_to_end(smoke):
     work, plan, _ = smoke
     res = work / "results"
@@ -500,6 +504,7 @@ def test_smoke_pipeline_end_to_end(smoke):
         assert path.stat().st_size > 1000, fig
 
 
+@pytest.mark.slow  # the smoke preset end to end: -m slow (CI runs it)
 def test_smoke_tuning_study(smoke, tmp_path):
     """The smoke preset's study: 2 optimizers × (2 + 2) trials, best.json, the table, the
     tuned final runs in the convergence experiment, the figures."""
@@ -542,6 +547,7 @@ def test_smoke_tuning_study(smoke, tmp_path):
             (work / "figures" / f"{fig}.png").read_bytes()
 
 
+@pytest.mark.slow  # the smoke preset end to end: -m slow (CI runs it)
 def test_snakemake_report_has_every_figure_and_table(smoke):
     work, plan, _ = smoke
     snakemake(work, *PRESETS["smoke"], "--report", str(work / "report.html"))
@@ -556,6 +562,7 @@ def test_snakemake_report_has_every_figure_and_table(smoke):
     assert "interpolated (linearly in log L2)" in html
 
 
+@pytest.mark.slow  # the smoke preset end to end: -m slow (CI runs it)
 def test_runs_from_the_compilation_cache_equal_a_cold_compilation(smoke, tmp_path):
     """The pipeline's jobs filled its cache; a run that reads its executables from there, and
     one compiled from scratch, both repeat the pipeline's record of that run exactly."""
@@ -580,6 +587,7 @@ def test_runs_from_the_compilation_cache_equal_a_cold_compilation(smoke, tmp_pat
     assert sorted(p.name for p in cache.iterdir()) == entries
 
 
+@pytest.mark.slow  # the smoke preset end to end: -m slow (CI runs it)
 def test_figures_are_byte_identical_from_the_same_tables(smoke, tmp_path):
     work, plan, _ = smoke
     for fig in ("speedup", "convergence_poisson2d"):
@@ -588,6 +596,7 @@ def test_figures_are_byte_identical_from_the_same_tables(smoke, tmp_path):
             (work / "figures" / f"{fig}.png").read_bytes()
 
 
+@pytest.mark.slow  # the smoke preset end to end: -m slow (CI runs it)
 def test_killed_run_leaves_no_record_and_rerun_completes(smoke):
     work, plan, _ = smoke
     runs_dir = work / "results" / "runs"

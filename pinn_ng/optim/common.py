@@ -21,7 +21,7 @@ class Diagnostics(NamedTuple):
     Numerical events, each its own field (None where the solver has no such event):
 
     - ``jitter``: the extra shift δ added to λ so that the Cholesky of K + λI (or G + λI)
-      succeeded; 0 when λ alone sufficed (see :func:`pinn_ng.optim.solvers.cholesky_solve`).
+      worked; 0 when λ alone sufficed (see :func:`pinn_ng.optim.solvers.cholesky_solve`).
     - ``cholesky_fallback``: 1 if every jittered Cholesky failed and the eigendecomposition
       fallback ran.
     - ``nystrom_shift``: the shift ν the Nyström sketch used; ``shift_grown``: 1 if ν had to

@@ -42,15 +42,17 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import cho_solve, solve_triangular
 
+from pinn_ng import blas
+
 SOLVERS = ("cholesky", "nystrom", "nystrom_gpu", "nystrom_pcg")
 
 
 class CholeskySolution(NamedTuple):
     u: jax.Array
-    jitter: jax.Array  # extra shift added to λ so that the Cholesky succeeded (0: none)
+    jitter: jax.Array  # extra shift added to λ so that the Cholesky worked (0: none)
     fallback: jax.Array  # 1.0 if every jittered Cholesky failed and the eigh fallback ran
     effective_dimension: jax.Array | None
-    #: the rung of the jitter ladder that succeeded (0: λ alone, k ≥ 1: δ_k); on the eigh
+    #: the rung of the jitter ladder that worked (0: λ alone, k ≥ 1: δ_k); on the eigh
     #: fallback the rung the solve started from.  Feed it back as ``start_rung`` to warm-start.
     rung: jax.Array | None = None
     #: ``jitter="none"`` only: 1.0 if the Cholesky of K + λI failed (``u`` is then NaN)
@@ -108,7 +110,7 @@ def cholesky_solve(k_lower, damping, g, effective_dimension: bool = False,
        relative in float64: the level of K's own rounding error) and retry, growing δ ten-fold
        at most 8 times.  The step then solves (K + (λ + δ)I) u = g: a positive definite system
        a distance δ from the requested one, so the direction is the ENGD direction with damping
-       λ + δ.  ``jitter`` reports δ (0 when step 1 succeeded).  Each retry costs one more
+       λ + δ.  ``jitter`` reports δ (0 when step 1 worked).  Each retry costs one more
        Cholesky, O(N³/3); at the paper's 5d λ almost every step needs one.
     3. If every jittered factorisation fails (e.g. non-finite entries in K), the
        eigendecomposition fallback runs: eigenvalues clipped at 0 and a pseudo-inverse of the
@@ -138,8 +140,7 @@ def cholesky_solve(k_lower, damping, g, effective_dimension: bool = False,
     jitter0 = _first_jitter(k_lower)
 
     def factor(jitter):
-        return jax.lax.linalg.cholesky(k_lower + (damping + jitter) * eye,
-                                       symmetrize_input=False)
+        return blas.cholesky_lower(k_lower + (damping + jitter) * eye)
 
     def solve(chol, shift):
         u = cho_solve((chol, True), g)

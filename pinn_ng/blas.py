@@ -27,9 +27,10 @@ GEMM backend
 
 Cholesky
     The step's factorisation of K + λI is LAPACK's ``?potrf`` either way; jaxlib calls it with
-    the process's single LAPACK thread, :func:`cholesky_lower` through a second FFI handler
-    with the run's cores (the same thread switch as the GEMM).  ``auto`` does so for large
-    matrices (:data:`AUTO_MIN_CHOLESKY_ORDER`) when the run owns more than one core.
+    the process's single LAPACK thread, :func:`cholesky_lower` with ``PINN_NG_BLAS=blas``
+    through a second FFI handler with the run's cores (the same thread switch as the GEMM).
+    ``auto`` keeps jaxlib's call: the threaded factorisation is faster, but OpenBLAS's buffers
+    for its threads raise a run's peak memory.
 """
 
 from __future__ import annotations
@@ -55,10 +56,6 @@ CALIBRATION_SHAPE = (1536, 4096)
 AUTO_MIN_FLOPS = 2e10
 _FFI_TARGET = "pinn_ng_blas_syrk_lower"
 _POTRF_TARGET = "pinn_ng_blas_potrf_lower"
-#: ``auto`` factors matrices of at least this order with the BLAS's ``?potrf`` on the run's
-#: cores: jaxlib calls the same LAPACK routine with the process's one LAPACK thread, and below
-#: this order the second thread saves less than switching the thread count costs.
-AUTO_MIN_CHOLESKY_ORDER = 2000
 
 
 def limit_blas_threads(n: int = 1):
@@ -153,15 +150,12 @@ def kernel_lower(parts, backend: str | None = None):
 def cholesky_backend(n: int, backend: str | None = None) -> str:
     """The backend :func:`cholesky_lower` uses for an ``n`` x ``n`` matrix: ``"xla"``
     (jaxlib's LAPACK call, the process's LAPACK threads) or ``"blas"`` (``?potrf`` through the
-    FFI handler, :func:`gemm_threads` threads).  ``auto`` takes the BLAS from
-    :data:`AUTO_MIN_CHOLESKY_ORDER` on when the run owns more than one core; always ``"xla"``
-    off the CPU."""
+    FFI handler, :func:`gemm_threads` threads) when asked for by name.  ``auto`` keeps jaxlib's:
+    the BLAS's factorisation on several threads is faster but raises a run's peak memory (the
+    benchmarks page has both).  Always ``"xla"`` off the CPU."""
     import jax
 
-    backend = requested_backend(backend)
-    if jax.default_backend() != "cpu" or backend == "xla":
-        return "xla"
-    if backend == "auto" and (n < AUTO_MIN_CHOLESKY_ORDER or gemm_threads() < 2):
+    if jax.default_backend() != "cpu" or requested_backend(backend) != "blas":
         return "xla"
     _ffi_registered()
     return "blas"
@@ -177,8 +171,10 @@ def cholesky_lower(a, backend: str | None = None):
     if (cholesky_backend(a.shape[-1], backend) == "xla" or a.ndim != 2
             or a.dtype not in (jnp.float32, jnp.float64)):
         return jax.lax.linalg.cholesky(a, symmetrize_input=False)
+    # the factor overwrites its input's buffer (XLA copies ``a`` first only where it is used
+    # again): no second N x N buffer
     call = jax.ffi.ffi_call(_POTRF_TARGET, jax.ShapeDtypeStruct(a.shape, a.dtype),
-                            vmap_method="sequential")
+                            vmap_method="sequential", input_output_aliases={0: 0})
     return call(a)
 
 
@@ -307,7 +303,8 @@ def _potrf_lower_into(out, a):
     import numpy as np
     from scipy.linalg import lapack
 
-    out[...] = a
+    if out.ctypes.data != a.ctypes.data:  # XLA aliases them unless ``a`` is used again
+        out[...] = a
     potrf = lapack.get_lapack_funcs("potrf", dtype=out.dtype)
     with _GemmThreads():
         res, info = potrf(out.T, lower=0, clean=1, overwrite_a=1)

@@ -238,14 +238,11 @@ def test_cholesky_solve_uses_the_blas_factor_and_keeps_its_jitter_policy(monkeyp
             np.linalg.norm(u)
 
 
-def test_auto_factors_large_matrices_with_the_blas(monkeypatch):
+def test_only_blas_by_name_factors_with_the_blas(monkeypatch):
     monkeypatch.setenv(blas.ENV, "auto")
-    monkeypatch.setenv(blas.THREADS_ENV, "2")
-    n = blas.AUTO_MIN_CHOLESKY_ORDER
-    assert blas.cholesky_backend(n - 1) == "xla"
-    assert blas.cholesky_backend(n) == "blas"
-    monkeypatch.setenv(blas.THREADS_ENV, "1")  # one core: nothing to gain
-    assert blas.cholesky_backend(n) == "xla"
+    assert blas.cholesky_backend(10**4) == "xla"
     assert blas.cholesky_backend(10, "blas") == "blas"
+    monkeypatch.setenv(blas.ENV, "blas")
+    assert blas.cholesky_backend(10) == "blas"
     monkeypatch.setenv(blas.ENV, "xla")
     assert blas.cholesky_backend(10**4) == "xla"

@@ -148,8 +148,9 @@ def test_unknown_laplacian_method():
         operators.laplacian(jnp.sum, method="finite_differences")
 
 
-#: Problems that share a factory and a derivative path with a default case run with -m slow.
-_SLOW_PATHS = ("heat10d", "poisson10d", "poisson100d")
+#: The default run checks Poisson 2d and the log-FP problem here (heat's channels and J:
+#: test_channels' dense references); the others run with -m slow.
+_SLOW_PATHS = ("heat10d", "poisson10d", "poisson100d", "heat4d")
 
 
 @pytest.mark.parametrize("name", [

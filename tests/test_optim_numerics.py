@@ -259,6 +259,7 @@ def test_hessian_free_matches_dense_reference(case, seed):
     assert_matches_reference(out, ref)
 
 
+@pytest.mark.slow  # an eager variant (tests/conftest.py keeps one eager update by default)
 def test_hessian_free_eager_equals_jitted():
     """Called eagerly, the update takes the same decisions and values as jitted."""
     theta, batches = toy_problem(0, steps=2)

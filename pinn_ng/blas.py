@@ -147,8 +147,8 @@ def kernel_lower(parts, backend: str | None = None):
     return call(*parts)
 
 
-def cholesky_backend(n: int, backend: str | None = None) -> str:
-    """The backend :func:`cholesky_lower` uses for an ``n`` x ``n`` matrix: ``"xla"``
+def cholesky_backend(backend: str | None = None) -> str:
+    """The backend :func:`cholesky_lower` uses: ``"xla"``
     (jaxlib's LAPACK call, the process's LAPACK threads) or ``"blas"`` (``?potrf`` through the
     FFI handler, :func:`gemm_threads` threads) when asked for by name.  ``auto`` keeps jaxlib's:
     the BLAS's factorisation on several threads is faster but raises a run's peak memory (the
@@ -168,7 +168,7 @@ def cholesky_lower(a, backend: str | None = None):
     import jax
     import jax.numpy as jnp
 
-    if (cholesky_backend(a.shape[-1], backend) == "xla" or a.ndim != 2
+    if (cholesky_backend(backend) == "xla" or a.ndim != 2
             or a.dtype not in (jnp.float32, jnp.float64)):
         return jax.lax.linalg.cholesky(a, symmetrize_input=False)
     # the factor overwrites its input's buffer (XLA copies ``a`` first only where it is used

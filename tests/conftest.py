@@ -26,8 +26,12 @@ _PROBLEM_PARAMS = ("name", "problem", "problem_name")
 EAGER_KEPT = ("test_learning_rate_schedule[eager]",)
 
 
+def _params(item) -> dict:
+    return getattr(getattr(item, "callspec", None), "params", {})
+
+
 def _problem(item):
-    params = getattr(getattr(item, "callspec", None), "params", {})
+    params = _params(item)
     return next((params[k] for k in _PROBLEM_PARAMS if isinstance(params.get(k), str)), None)
 
 
@@ -38,15 +42,15 @@ def pytest_collection_modifyitems(config, items):
         if "benchmark" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.benchmark_test)
         by_function.setdefault((item.path, item.originalname), []).append(item)
-        params = getattr(getattr(item, "callspec", None), "params", {})
+        params = _params(item)
         if params.get("variant") == "eager" and item.name not in EAGER_KEPT:
             item.add_marker(pytest.mark.slow)
         if isinstance(params.get("seed"), int) and params["seed"] > 0:
             item.add_marker(pytest.mark.slow)  # the default run takes each test's first seed
     for (_, function), group in by_function.items():
-        names = [_problem(item) for item in group]
         if function in PER_PROBLEM_DATA:
             continue
+        names = [_problem(item) for item in group]
         if any(n is not None and n not in SAME_OPERATOR_PROBLEMS for n in names):
             for item, n in zip(group, names):
                 if n in SAME_OPERATOR_PROBLEMS:

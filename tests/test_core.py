@@ -149,12 +149,10 @@ def test_unknown_laplacian_method():
 
 
 #: The default run checks Poisson 2d and the log-FP problem here (heat's channels and J:
-#: test_channels' dense references); the others run with -m slow.
-_SLOW_PATHS = ("heat10d", "poisson10d", "poisson100d", "heat4d")
-
-
+#: test_channels' dense references); heat 4+1d runs with -m slow, like the same-operator
+#: problems (tests/conftest.py).
 @pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.slow) if n in _SLOW_PATHS else n for n in PATHS])
+    pytest.param(n, marks=pytest.mark.slow) if n == "heat4d" else n for n in PATHS])
 def test_jacobian_matches_jacfwd_and_products(name):
     """Both residual paths (channels of the MLP, per-point folx) against jax.jacfwd of the
     plain batched residual: r to 1e-12, J and the products to 1e-10 (a few hundred flops per

@@ -34,6 +34,7 @@ from typing import Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
+from . import blas
 from .gram import kernel_lower_from_jacobian
 
 
@@ -290,28 +291,39 @@ def kernel_products(lin: Linearization, n_full: int, n_blocks: int | None = None
     assembling J.
 
     The rows of the first points are built as J's layer blocks (never concatenated): K's block
-    of them from row-block products, their products J v and Jᵀ u from the blocks.  The
-    value-only points stay channels: their rows of K from :func:`kernel_block`, their products
-    from :func:`jvp_product` / :func:`transpose_product` with S = 1.
+    of them from row-block products, their products J v and Jᵀ u from the blocks.  With XLA's
+    products the value-only points stay channels: their rows of K from :func:`kernel_block`,
+    their products from :func:`jvp_product` / :func:`transpose_product` with S = 1.  With the
+    BLAS's (:func:`pinn_ng.blas.kernel_backend`) their rows join the layer blocks, and K is
+    one ``?syrk`` per layer over all N rows.
     """
     n = lin.r.shape[0]
     full = lin.rows(0, n_full)
     blocks = layer_blocks(full)
     offsets = layer_offsets(lin)
 
-    def jv_full(v):
-        return sum(j @ v[c0:c1] for j, (c0, c1) in zip(blocks, offsets))
+    def products(blocks, kernel):
+        def jv(v):
+            return sum(j @ v[c0:c1] for j, (c0, c1) in zip(blocks, offsets))
 
-    def jtu_full(u):
-        # u @ J_l, not J_l.T @ u: XLA's CPU emitter is far slower for the transposed form
-        return jnp.concatenate([u @ j for j in blocks])
+        def jtu(u):
+            # u @ J_l, not J_l.T @ u: XLA's CPU emitter is far slower for the transposed form
+            return jnp.concatenate([u @ j for j in blocks])
+
+        return KernelProducts(kernel, jv, jtu)
 
     if n_full == n:
-        return KernelProducts(kernel_lower_from_jacobian(blocks, n_blocks, mirror=False),
-                              jv_full, jtu_full)
+        return products(blocks, kernel_lower_from_jacobian(blocks, n_blocks, mirror=False))
     value = lin.rows(n_full, n).value_channel()
+    if blas.kernel_backend(None, blocks) == "blas":
+        # The BLAS's ?syrk over every row's block costs less than the value rows' products
+        # from their channels plus the N x N copy that stacks them under K.
+        blocks = [jnp.concatenate([j, layer_jacobian(h, g)])
+                  for j, h, g in zip(blocks, value.inputs, value.grads)]
+        return products(blocks, kernel_lower_from_jacobian(blocks, n_blocks, mirror=False))
     below = (kernel_block(value, full, None, blocks), kernel_block(value, value))
     kernel = kernel_lower_from_jacobian(blocks, n_blocks, mirror=False, below=below)
+    jv_full, jtu_full = products(blocks, None)[1:]
     return KernelProducts(
         kernel,
         lambda v: jnp.concatenate([jv_full(v), jvp_product(value, v)]),

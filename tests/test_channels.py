@@ -103,6 +103,34 @@ def test_sample_space_matches_dense_reference(name):
     assert rel(jtu, j_f.T @ u) <= 1e-12
 
 
+@pytest.mark.parametrize("name", ["poisson2d", "heat4d"])
+def test_sample_space_on_the_blas_matches_dense_reference(name, monkeypatch):
+    """With the BLAS's products, the boundary rows join J's layer blocks and K is one ?syrk
+    per layer over all N rows: K, J v and Jᵀ u against folx's J (float64, fresh inputs)."""
+    from pinn_ng import blas
+
+    monkeypatch.setenv(blas.ENV, "blas")  # read when the sample space is traced
+    rows = []
+    real = blas._syrk_lower_into
+    monkeypatch.setattr(blas, "_syrk_lower_into",
+                        lambda out, ps: rows.append([p.shape[0] for p in ps]) or real(out, ps))
+    problem = problems.get(name)
+    init, apply = small_net(problem)
+    params = init(jax.random.PRNGKey(21))
+    batch = problem.sample(jax.random.PRNGKey(22), 11, 6)
+    step = jax.jit(lambda p, b, v, u: (lambda s: (s.kernel, s.jv(v), s.jtu(u)))(
+        ResidualFn(problem, apply, method="structured").sample_space(p, b)))
+    j_f = np.asarray(ResidualFn(problem, apply, method="folx").jacobian(params, batch))
+    rng = np.random.default_rng(23)
+    v, u = rng.standard_normal(j_f.shape[1]), rng.standard_normal(j_f.shape[0])
+    k, jv, jtu = jax.block_until_ready(step(params, batch, v, u))
+    assert rows == [[j_f.shape[0]] * 4]  # one call, every layer's block with all N rows
+    assert rel(np.tril(k), np.tril(j_f @ j_f.T)) <= 1e-12
+    assert not np.any(np.triu(np.asarray(k), 1))
+    assert rel(jv, j_f @ v) <= 1e-12
+    assert rel(jtu, j_f.T @ u) <= 1e-12
+
+
 @pytest.mark.parametrize("way", ["channels", "rows", "cheaper"])
 def test_kernel_block_channels_equal_rows(way, monkeypatch):
     """Both ways of a layer's J_a J_bᵀ (channel pairs, rows of J), forced for every layer by

@@ -16,7 +16,8 @@ network's layer blocks (as the optimizers build it):
    count N²P flops for K's lower triangle, 2N²P for the full product (the issue's
    convention) and N³/3 for a Cholesky;
 3. whole ENGD-W steps (update + parameter update on the fixed batch), fixed η and line search,
-   with each backend, and the ratio fixed-η step / numpy's J Jᵀ;
+   with each backend (``xla``, ``blas``, and ``auto``: what a run gets by default), and the
+   ratio fixed-η step / numpy's J Jᵀ;
 4. threads: the fixed-η step with the GEMM's BLAS threads and the factorisations' (LAPACK)
    threads at 1 or all cores.
 """
@@ -153,7 +154,7 @@ def main(argv=None) -> int:
         return jax.jit(step)
 
     steps = {}
-    for backend in ("xla", "blas"):
+    for backend in ("xla", "blas", "auto"):
         os.environ[blas.ENV] = backend
         for kind, lr in (("fixed η", ETA), ("line search", "line_search")):
             kw = {} if lr == "line_search" else {"learning_rate": lr}
@@ -182,11 +183,13 @@ def main(argv=None) -> int:
     print(f"Cholesky: BLAS / XLA = "
           f"{t['Cholesky, blas'].median / t['Cholesky, xla'].median:.3f}")
     for kind in ("fixed η", "line search"):
-        sx, sb = (t[f"ENGD-W step {kind}, {be}"].median for be in ("xla", "blas"))
-        print(f"ENGD-W {kind}: BLAS / XLA = {sb / sx:.3f}")
-    print(f"fixed-η step / numpy J Jᵀ (target ≤ 1.6): with xla "
-          f"{t['ENGD-W step fixed η, xla'].median / np_full:.2f}, with blas (K and the "
-          f"Cholesky) {t['ENGD-W step fixed η, blas'].median / np_full:.2f}")
+        sx, sb, sa = (t[f"ENGD-W step {kind}, {be}"].median for be in ("xla", "blas", "auto"))
+        print(f"ENGD-W {kind}: BLAS / XLA = {sb / sx:.3f}, auto / XLA = {sa / sx:.3f}")
+    print("fixed-η step / numpy J Jᵀ (target ≤ 1.6): "
+          + ", ".join(f"with {be} {t[f'ENGD-W step fixed η, {be}'].median / np_full:.2f}"
+                      for be in ("xla", "blas", "auto"))
+          + f" (auto here: K by {blas.kernel_backend('auto')}, the Cholesky of order {n} by "
+          f"{blas.cholesky_backend('auto', n)})")
 
     if not args.skip_threads:
         c_b, s_b = steps["blas", "fixed η"]

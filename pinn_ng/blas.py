@@ -27,10 +27,10 @@ GEMM backend
 
 Cholesky
     The step's factorisation of K + λI is LAPACK's ``?potrf`` either way; jaxlib calls it with
-    the process's single LAPACK thread, :func:`cholesky_lower` with ``PINN_NG_BLAS=blas``
-    through a second FFI handler with the run's cores (the same thread switch as the GEMM).
-    ``auto`` keeps jaxlib's call: the threaded factorisation is faster, but OpenBLAS's buffers
-    for its threads raise a run's peak memory.
+    the process's single LAPACK thread, :func:`cholesky_lower` through a second FFI handler
+    with the run's cores (the same thread switch as the GEMM), in place in XLA's buffer.
+    ``auto`` does so for large matrices (:data:`AUTO_MIN_CHOLESKY_ORDER`) when the run owns
+    more than one core.
 """
 
 from __future__ import annotations
@@ -56,6 +56,9 @@ CALIBRATION_SHAPE = (1536, 4096)
 AUTO_MIN_FLOPS = 2e10
 _FFI_TARGET = "pinn_ng_blas_syrk_lower"
 _POTRF_TARGET = "pinn_ng_blas_potrf_lower"
+#: ``auto`` factors matrices of at least this order with the BLAS's ``?potrf`` on the run's
+#: cores: below it the second thread saves less than switching the thread count costs.
+AUTO_MIN_CHOLESKY_ORDER = 2000
 
 
 def limit_blas_threads(n: int = 1):
@@ -147,15 +150,19 @@ def kernel_lower(parts, backend: str | None = None):
     return call(*parts)
 
 
-def cholesky_backend(backend: str | None = None) -> str:
-    """The backend :func:`cholesky_lower` uses: ``"xla"``
+def cholesky_backend(backend: str | None = None, n: int | None = None) -> str:
+    """The backend :func:`cholesky_lower` uses for an ``n`` x ``n`` matrix: ``"xla"``
     (jaxlib's LAPACK call, the process's LAPACK threads) or ``"blas"`` (``?potrf`` through the
-    FFI handler, :func:`gemm_threads` threads) when asked for by name.  ``auto`` keeps jaxlib's:
-    the BLAS's factorisation on several threads is faster but raises a run's peak memory (the
-    benchmarks page has both).  Always ``"xla"`` off the CPU."""
+    FFI handler, :func:`gemm_threads` threads).  ``auto`` takes the BLAS from
+    :data:`AUTO_MIN_CHOLESKY_ORDER` on (``n`` None: any order) when the run owns more than one
+    core.  Always ``"xla"`` off the CPU."""
     import jax
 
-    if jax.default_backend() != "cpu" or requested_backend(backend) != "blas":
+    backend = requested_backend(backend)
+    if jax.default_backend() != "cpu" or backend == "xla":
+        return "xla"
+    if backend == "auto" and ((n is not None and n < AUTO_MIN_CHOLESKY_ORDER)
+                              or gemm_threads() < 2):
         return "xla"
     _ffi_registered()
     return "blas"
@@ -168,7 +175,7 @@ def cholesky_lower(a, backend: str | None = None):
     import jax
     import jax.numpy as jnp
 
-    if (cholesky_backend(backend) == "xla" or a.ndim != 2
+    if (a.ndim != 2 or cholesky_backend(backend, a.shape[-1]) == "xla"
             or a.dtype not in (jnp.float32, jnp.float64)):
         return jax.lax.linalg.cholesky(a, symmetrize_input=False)
     # the factor overwrites its input's buffer (XLA copies ``a`` first only where it is used

@@ -238,11 +238,16 @@ def test_cholesky_solve_uses_the_blas_factor_and_keeps_its_jitter_policy(monkeyp
             np.linalg.norm(u)
 
 
-def test_only_blas_by_name_factors_with_the_blas(monkeypatch):
+def test_auto_factors_large_matrices_with_the_blas_on_several_cores(monkeypatch):
+    big, small = blas.AUTO_MIN_CHOLESKY_ORDER, blas.AUTO_MIN_CHOLESKY_ORDER - 1
     monkeypatch.setenv(blas.ENV, "auto")
-    assert blas.cholesky_backend() == "xla"
-    assert blas.cholesky_backend("blas") == "blas"
-    monkeypatch.setenv(blas.ENV, "blas")
-    assert blas.cholesky_backend() == "blas"
+    monkeypatch.setenv(blas.THREADS_ENV, "2")
+    assert blas.cholesky_backend(n=big) == "blas"
+    assert blas.cholesky_backend(n=small) == "xla"
+    assert blas.cholesky_backend("blas", small) == "blas"  # by name: any order
+    monkeypatch.setenv(blas.THREADS_ENV, "1")  # one core: nothing to gain
+    assert blas.cholesky_backend(n=big) == "xla"
     monkeypatch.setenv(blas.ENV, "xla")
-    assert blas.cholesky_backend() == "xla"
+    assert blas.cholesky_backend(n=big) == "xla"
+    monkeypatch.setenv(blas.ENV, "blas")
+    assert blas.cholesky_backend(n=small) == "blas"

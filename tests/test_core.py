@@ -161,31 +161,33 @@ def test_jacobian_matches_jacfwd_and_products(name):
     params, apply = small_net(problem)
     k_b, k_v, k_u = jax.random.split(jax.random.PRNGKey(ALL.index(name)), 3)
     batch = problem.sample(k_b, 7, 5)
-    r_ref = scaled_residuals(problem, lambda x: apply(params, x), batch)
     flat, unravel = ravel_pytree(params)
-    # jitted: one compilation per function instead of one per primitive (same values)
-    j_ref = jax.jit(jax.jacfwd(
-        lambda w: scaled_residuals(problem, lambda x: apply(unravel(w), x), batch)))(flat)
+
+    def plain(w):
+        return scaled_residuals(problem, lambda x: apply(unravel(w), x), batch)
+
+    # jitted, each side one program: one compilation instead of one per primitive (same values)
+    r_ref, j_ref = jax.jit(lambda w: (plain(w), jax.jacfwd(plain)(w)))(flat)
     scale = float(jnp.max(jnp.abs(j_ref)))
     v = jax.random.normal(k_v, flat.shape, dtype=jnp.float64)
     u = jax.random.normal(k_u, (12,), dtype=jnp.float64)
     assert ResidualFn(problem, apply).method == "structured"  # the default for models.mlp
     for method in ("structured", "folx"):
         rf = ResidualFn(problem, apply, method=method)
-        r = jax.jit(rf)(params, batch)
+        r, j, (r2, j2), jv, vjp = jax.jit(lambda p, b: (
+            rf(p, b), rf.jacobian(p, b), rf.residual_and_jacobian(p, b), rf.jvp(p, b, v),
+            rf.vjp(p, b, u)))(params, batch)
         np.testing.assert_allclose(np.asarray(r), np.asarray(r_ref), rtol=1e-12, atol=1e-14)
-        j = jax.jit(rf.jacobian)(params, batch)
         assert j.shape == (12, flat.shape[0])
         np.testing.assert_allclose(np.asarray(j), np.asarray(j_ref), rtol=1e-10,
                                    atol=1e-12 * scale)
-        r2, j2 = jax.jit(rf.residual_and_jacobian)(params, batch)
         np.testing.assert_allclose(np.asarray(r2), np.asarray(r), rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(np.asarray(j2), np.asarray(j), rtol=1e-12,
                                    atol=1e-14 * scale)
-        np.testing.assert_allclose(np.asarray(jax.jit(rf.jvp)(params, batch, v)),
-                                   np.asarray(j_ref @ v), rtol=1e-10, atol=1e-12 * scale)
-        np.testing.assert_allclose(np.asarray(jax.jit(rf.vjp)(params, batch, u)),
-                                   np.asarray(j_ref.T @ u), rtol=1e-10, atol=1e-12 * scale)
+        np.testing.assert_allclose(np.asarray(jv), np.asarray(j_ref @ v), rtol=1e-10,
+                                   atol=1e-12 * scale)
+        np.testing.assert_allclose(np.asarray(vjp), np.asarray(j_ref.T @ u), rtol=1e-10,
+                                   atol=1e-12 * scale)
 
 
 def test_point_jacobian_rows():

@@ -129,11 +129,11 @@ def _setup(name, seed, apply_kind="mlp"):
     key_p, key_b = jax.random.split(jax.random.PRNGKey(seed))
     if apply_kind == "mlp":
         init, apply = models.mlp((problem.input_dim, 6, 5, 1))
-        params = init(key_p)
     else:
         init, apply = _sine_net(problem.input_dim)
-        params = init(key_p)
-    batch = problem.sample(key_b, 7, 4, dtype=jnp.float64)
+    # jitted: one compilation each instead of one per primitive (same values)
+    params = jax.jit(init)(key_p)
+    batch = jax.jit(lambda key: problem.sample(key, 7, 4, dtype=jnp.float64))(key_b)
     return problem, apply, params, batch
 
 
@@ -205,34 +205,44 @@ def test_residual_and_jacobian_match_dense(name, method):
     n = 7 + problem.n_boundary_residuals * 4
     assert j_ref.shape[0] == n
     rf = ResidualFn(problem, apply, method=method)
-    # jitted: one compilation per function instead of one per primitive (same values)
-    assert rel(jax.jit(rf)(params, batch), r_ref) <= 1e-12
-    r, jac = jax.jit(rf.residual_and_jacobian)(params, batch)
-    assert rel(r, r_ref) <= 1e-12
-    assert rel(jac, j_ref) <= 1e-10
-    r_b, j_b = jax.jit(lambda p, x: rf.point_jacobian(p, x, "boundary", row_scales(7, 4)[1]))(
-        params, batch.boundary)
-    assert rel(r_b, r_ref[7:]) <= 1e-12
-    assert rel(j_b, j_ref[7:]) <= 1e-10
-    # row blocks (4 rows each, the last padded: n is odd): J with zero rows appended
-    blocks = rf.row_blocks(params, batch, 4)
-    stacked = jnp.concatenate([blocks.rows(a) for a in range(blocks.n_blocks)])
-    assert blocks.n == n
-    assert rel(stacked[:n], j_ref) <= 1e-10
-    assert float(jnp.max(jnp.abs(stacked[n:]))) == 0.0
-    if method != "structured":  # folx's K and products come from J (tested elsewhere)
-        return
-    # the structured path's own kernel and products, built without J
+    structured = method == "structured"
     v = jax.random.normal(jax.random.PRNGKey(7), (j_ref.shape[1],))
     u = jax.random.normal(jax.random.PRNGKey(8), (n,))
-    assert rel(jax.jit(rf.jvp)(params, batch, v), j_ref @ v) <= 1e-10
-    assert rel(jax.jit(rf.vjp)(params, batch, u), j_ref.T @ u) <= 1e-10
-    ss = jax.jit(lambda p, b: (lambda s: (s.r, s.kernel, s.jv(v), s.jtu(u)))(
-        rf.sample_space(p, b)))(params, batch)
-    assert rel(ss[0], r_ref) <= 1e-12
-    assert rel(jnp.tril(ss[1]), jnp.tril(j_ref @ j_ref.T)) <= 1e-10
-    assert rel(ss[2], j_ref @ v) <= 1e-10
-    assert rel(ss[3], j_ref.T @ u) <= 1e-10
+
+    # one program for every path (compiled once rather than once per function; same values)
+    @jax.jit
+    def paths(params, batch):
+        out = {"r": rf(params, batch)}
+        out["r_j"], out["jac"] = rf.residual_and_jacobian(params, batch)
+        out["r_b"], out["j_b"] = rf.point_jacobian(params, batch.boundary, "boundary",
+                                                   row_scales(7, 4)[1])
+        if structured:  # the structured path's own kernel and products, built without J
+            out["jv"], out["vjp"] = rf.jvp(params, batch, v), rf.vjp(params, batch, u)
+            ss = rf.sample_space(params, batch)
+            out.update(ss_r=ss.r, kernel=ss.kernel, ss_jv=ss.jv(v), ss_jtu=ss.jtu(u))
+        # row blocks (4 rows each, the last padded: n is odd): J with zero rows appended
+        blocks = rf.row_blocks(params, batch, 4)
+        assert blocks.n == n
+        out["stacked"] = jnp.concatenate([blocks.rows(a) for a in range(blocks.n_blocks)])
+        return out
+
+    out = paths(params, batch)
+    assert rel(out["r"], r_ref) <= 1e-12
+    assert rel(out["r_j"], r_ref) <= 1e-12
+    assert rel(out["jac"], j_ref) <= 1e-10
+    assert rel(out["r_b"], r_ref[7:]) <= 1e-12
+    assert rel(out["j_b"], j_ref[7:]) <= 1e-10
+    stacked = out["stacked"]
+    assert rel(stacked[:n], j_ref) <= 1e-10
+    assert float(jnp.max(jnp.abs(stacked[n:]))) == 0.0
+    if not structured:  # folx's K and products come from J (tested elsewhere)
+        return
+    assert rel(out["jv"], j_ref @ v) <= 1e-10
+    assert rel(out["vjp"], j_ref.T @ u) <= 1e-10
+    assert rel(out["ss_r"], r_ref) <= 1e-12
+    assert rel(jnp.tril(out["kernel"]), jnp.tril(j_ref @ j_ref.T)) <= 1e-10
+    assert rel(out["ss_jv"], j_ref @ v) <= 1e-10
+    assert rel(out["ss_jtu"], j_ref.T @ u) <= 1e-10
 
 
 @pytest.mark.parametrize("name", ["wave", "robin"])
@@ -255,13 +265,16 @@ def test_kfac_factors_use_the_gradient_channels_at_the_boundary():
     """KFAC's gradient from the channels equals Jᵀr when boundary residuals use ∇u (k = 2)."""
     problem, apply, params, batch = _setup("wave", seed=2)
     rf = ResidualFn(problem, apply)
-    lin_i, lin_b = rf.channel_linearizations(params, batch)
+
+    @jax.jit  # one compilation instead of one per primitive (same values)
+    def gradient(params, batch):
+        lin_i, lin_b = rf.channel_linearizations(params, batch)
+        assert lin_b.inputs[0].shape[:2] == (8, 4)  # 4 points x 2 residuals, S = D + 2
+        return jnp.concatenate([(layer_gradient(lin_i, k) + layer_gradient(lin_b, k)).reshape(-1)
+                                for k in range(len(params))])
+
     r_ref, j_ref = dense_reference(problem, apply, params, batch)
-    assert lin_b.inputs[0].shape[:2] == (8, 4)  # 4 points x 2 residuals, S = D + 2
-    grad = jnp.concatenate([
-        (layer_gradient(lin_i, k) + layer_gradient(lin_b, k)).reshape(-1)
-        for k in range(len(params))])
-    assert rel(grad, j_ref.T @ r_ref) <= 1e-10
+    assert rel(gradient(params, batch), j_ref.T @ r_ref) <= 1e-10
 
 
 @pytest.mark.slow

@@ -104,9 +104,10 @@ def test_chain_equals_fused_update(setup, variant, case):
     for k in range(len(batches)):
         assert _rel(steps_c[k], steps_f[k]) <= (1e-12 if k == 0 else 1e-10), (case, k)
     assert _rel(ravel_pytree(params_c)[0], ravel_pytree(params_f)[0]) <= 1e-12
-    # the recorded step size agrees too (line search: the grid value; fixed η: min(η, cap))
+    # the recorded step size agrees too (line search: the grid value; fixed η: min(η, cap)),
+    # to the last step's tolerance: under the cap it is √C/‖d‖ of that step's direction
     eta_c = float(optim.diagnostics(state_c)["step_size"])
-    np.testing.assert_allclose(eta_c, float(state_f.step_size), rtol=1e-12)
+    np.testing.assert_allclose(eta_c, float(state_f.step_size), rtol=1e-10)
 
 
 def test_public_blocks_with_optax_step_give_algorithm_1(setup):
